@@ -1,0 +1,35 @@
+"""attnkit: the solution library of the attention course.
+
+Reference implementations of everything the notebooks teach, one concept per module,
+with the exact signatures of the course's exercise contract, plus the checkers that grade a
+learner's version (:mod:`attnkit.checks`). Later notebooks import earlier concepts from
+here, so a learner who got one notebook wrong can still do the next.
+
+Shape legend used in every docstring and comment: ``B`` batch, ``H`` heads, ``Hkv``
+key/value heads, ``N``/``Nq`` queries, ``Nk`` keys, ``d`` head dim, ``D`` model dim.
+"""
+
+from .additive import AdditiveAttention, additive_attention, additive_scores
+from .alibi import alibi_bias, alibi_slopes
+from .attention import scaled_dot_product_attention
+from .gqa import grouped_query_attention, repeat_kv
+from .heads import merge_heads, multi_head_attention, split_heads
+from .kv_cache import KVCache, decode_step
+from .masks import causal_mask, padding_mask
+from .mha import MultiHeadAttention
+from .model import Block, DecoderConfig, MLP, TinyDecoder, generate
+from .positions import sinusoidal_positions
+from .rope import apply_rope, apply_rope_complex
+from .similarity import cosine_scores, dot_product_scores
+from .softmax import softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdditiveAttention", "Block", "DecoderConfig", "KVCache", "MLP", "MultiHeadAttention",
+    "TinyDecoder", "additive_attention", "additive_scores", "alibi_bias", "alibi_slopes",
+    "apply_rope", "apply_rope_complex", "causal_mask", "cosine_scores", "decode_step",
+    "dot_product_scores", "generate", "grouped_query_attention", "merge_heads",
+    "multi_head_attention", "padding_mask", "repeat_kv", "scaled_dot_product_attention",
+    "sinusoidal_positions", "softmax", "split_heads",
+]
