@@ -1,0 +1,38 @@
+"""Checkers for every graded exercise: ``check_<name>(fn)``.
+
+Each checker runs the learner's ``fn`` against attnkit's reference on seeded random and
+edge cases, prints one line when everything passes, and otherwise raises an
+``AssertionError`` whose first line names the likely misconception. Calling the reference
+or a library shortcut for the concept being taught is rejected too.
+
+    >>> from attnkit.checks import check_softmax
+    >>> check_softmax(my_softmax)
+    check_softmax passed: 9 cases (...)
+
+``CHECKS`` maps every exercise name to its checker.
+"""
+
+from .basics import check_dot_product_scores, check_scaled_dot_product_attention, check_softmax
+from .heads import check_merge_heads, check_multi_head_attention, check_split_heads
+from .inference import check_decode_step, check_grouped_query_attention, check_repeat_kv
+from .masks import check_causal_mask, check_padding_mask
+from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
+
+CHECKS = {
+    "dot_product_scores": check_dot_product_scores,
+    "softmax": check_softmax,
+    "scaled_dot_product_attention": check_scaled_dot_product_attention,
+    "causal_mask": check_causal_mask,
+    "padding_mask": check_padding_mask,
+    "split_heads": check_split_heads,
+    "merge_heads": check_merge_heads,
+    "multi_head_attention": check_multi_head_attention,
+    "sinusoidal_positions": check_sinusoidal_positions,
+    "apply_rope": check_apply_rope,
+    "alibi_bias": check_alibi_bias,
+    "decode_step": check_decode_step,
+    "repeat_kv": check_repeat_kv,
+    "grouped_query_attention": check_grouped_query_attention,
+}
+
+__all__ = ["CHECKS", *(f"check_{name}" for name in CHECKS)]

@@ -1,0 +1,244 @@
+"""What every checker shares: calling the learner's function safely, spotting shortcuts,
+and turning a wrong answer into a sentence about the likely misconception.
+
+A checker builds seeded cases, computes the expected answer with attnkit's reference in
+float64, calls the learner's ``fn`` through :func:`call`, and compares with :func:`expect`.
+``expect`` is given the outputs of known mistakes ("softmax over the query axis", "no
+1/sqrt(d)"); when the learner's output matches one of them, that mistake's hint is the
+message. Otherwise the message says which property broke, on which case.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch.overrides import TorchFunctionMode, resolve_name
+from torch.utils._python_dispatch import TorchDispatchMode
+
+TOLERANCE = {
+    # Learner code runs on float32 inputs and is compared with a float64 reference. A plain
+    # float32 implementation of these small problems lands within ~1e-6 relative; the
+    # bounds leave room for a different but sound order of operations.
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float16: dict(rtol=2e-3, atol=2e-4),
+}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(g: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def fmt_shape(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return type(t).__name__
+
+
+@dataclass
+class Ban:
+    """Shortcuts an exercise may not call while being checked.
+
+    functions: qualified torch names as ``torch.overrides.resolve_name`` gives them
+        (``"torch.nn.functional.softmax"``), each mapped to ``None`` (always banned) or a
+        predicate on ``(args, kwargs)`` (banned when it returns True).
+    aten: prefixes of ATen operator names (``"aten._softmax"``), caught however reached.
+    python: Python functions (attnkit's own references) whose code may not run.
+    hint: what to do instead, in the learner's terms.
+    """
+
+    functions: dict[str, Callable | None] = field(default_factory=dict)
+    aten: tuple[str, ...] = ()
+    python: tuple[Callable, ...] = ()
+    hint: str = ""
+
+
+class _FunctionSpy(TorchFunctionMode):
+    def __init__(self, ban: Ban, seen: list[str]):
+        super().__init__()
+        self.ban, self.seen = ban, seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = resolve_name(func) or getattr(func, "__qualname__", repr(func))
+        if name in self.ban.functions:
+            predicate = self.ban.functions[name]
+            if predicate is None or predicate(args, kwargs):
+                self.seen.append(name)
+        return func(*args, **kwargs)
+
+
+class _DispatchSpy(TorchDispatchMode):
+    def __init__(self, ban: Ban, seen: list[str]):
+        super().__init__()
+        self.ban, self.seen = ban, seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name.startswith(self.ban.aten):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class _Spy:
+    """Records banned calls made while active: torch functions, ATen ops and Python code."""
+
+    def __init__(self, ban: Ban):
+        self.ban = ban
+        self.seen: list[str] = []
+        self._codes = {getattr(f, "__code__", None): _qualname(f) for f in ban.python}
+        self._codes.pop(None, None)
+        self._modes = []
+
+    def _profile(self, frame, event, arg):
+        if event == "call" and frame.f_code in self._codes:
+            self.seen.append(self._codes[frame.f_code])
+
+    def __enter__(self):
+        self._modes = []
+        if self.ban.functions:
+            self._modes.append(_FunctionSpy(self.ban, self.seen))
+        if self.ban.aten:
+            self._modes.append(_DispatchSpy(self.ban, self.seen))
+        for mode in self._modes:
+            mode.__enter__()
+        self._previous_profile = sys.getprofile()
+        if self._codes:
+            sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc):
+        if self._codes:
+            sys.setprofile(self._previous_profile)
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
+        return False
+
+
+def _qualname(f) -> str:
+    module = getattr(f, "__module__", "") or ""
+    return f"{module}.{getattr(f, '__qualname__', repr(f))}".lstrip(".")
+
+
+def _clone(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone(i) for i in x)
+    return x
+
+
+def _unchanged(before, after) -> bool:
+    if isinstance(before, torch.Tensor):
+        return before.shape == after.shape and torch.equal(before, after)
+    if isinstance(before, (list, tuple)):
+        return all(_unchanged(b, a) for b, a in zip(before, after))
+    return True
+
+
+class Checker:
+    """The state of one run of one checker: its name, its bans and how many cases passed."""
+
+    def __init__(self, name: str, fn: Callable, ban: Ban | None = None):
+        if not callable(fn):
+            raise TypeError(f"check_{name} expects your function, got {type(fn).__name__} "
+                            f"(pass the function itself: check_{name}({name}), no parentheses after it)")
+        self.name, self.fn, self.ban = name, fn, ban or Ban()
+        self.cases = 0
+
+    def fail(self, case: str, message: str) -> None:
+        raise AssertionError(f"{self.name}: {message}\n  failing case: {case}")
+
+    def call(self, case: str, *args, **kwargs):
+        """Run the learner's function on one case, under the shortcut spy."""
+        before = _clone(args)
+        spy = _Spy(self.ban)
+        try:
+            with spy:
+                result = self.fn(*args, **kwargs)
+        except NotImplementedError:
+            raise AssertionError(f"{self.name}: not implemented yet. Replace the "
+                                 f"`raise NotImplementedError` in your function with your code.") from None
+        except AssertionError:
+            raise
+        except Exception as e:  # the learner's bug; keep the traceback chained for them
+            raise AssertionError(f"{self.name}: your function raised {type(e).__name__}: {e}\n"
+                                 f"  failing case: {case}") from e
+        if spy.seen:
+            used = ", ".join(sorted(set(spy.seen)))
+            raise AssertionError(f"{self.name}: your function calls {used}, which does the work this "
+                                 f"exercise asks you to write. {self.ban.hint}".rstrip())
+        if not _unchanged(before, args):
+            self.fail(case, "your function changed its input in place; build new tensors instead "
+                            "(e.g. x = x - m rather than x -= m)")
+        self.cases += 1
+        return result
+
+    def expect(self, case: str, got, want: torch.Tensor, *, what: str = "output",
+               wrong: Iterable[tuple[torch.Tensor, str]] = (), dtype: torch.dtype | None = None,
+               tol: dict | None = None, otherwise: str | None = None) -> None:
+        """Compare one output with the expected one; explain the first mismatch found.
+
+        wrong: (output of a known mistake, hint) pairs, tried in order when ``got`` is wrong.
+        dtype: the dtype the output must have (default: no requirement).
+        otherwise: the hint to give when the values are wrong in no known way.
+        """
+        if not isinstance(got, torch.Tensor):
+            self.fail(case, f"the {what} should be a torch.Tensor, got {type(got).__name__}")
+        if got.shape != want.shape:
+            for candidate, hint in wrong:
+                if candidate.shape == got.shape and _close(got, candidate, tol):
+                    self.fail(case, hint)
+            self.fail(case, f"the {what} has shape {fmt_shape(got)}, expected {fmt_shape(want)}")
+        if dtype is not None and got.dtype != dtype:
+            self.fail(case, f"the {what} has dtype {got.dtype}, expected {dtype}")
+        if want.dtype == torch.bool or got.dtype == torch.bool:
+            if got.dtype != want.dtype:
+                self.fail(case, f"the {what} has dtype {got.dtype}, expected {want.dtype}")
+            if torch.equal(got, want):
+                return
+            for candidate, hint in wrong:
+                if candidate.shape == got.shape and torch.equal(got, candidate.to(got.dtype)):
+                    self.fail(case, hint)
+            idx = tuple(int(i) for i in (got != want).nonzero()[0])
+            self.fail(case, f"the {what} is wrong at index {idx}: expected {bool(want[idx])}, "
+                            f"got {bool(got[idx])}")
+        if _close(got, want, tol):
+            return
+        for candidate, hint in wrong:
+            if candidate.shape == got.shape and _close(got, candidate, tol):
+                self.fail(case, hint)
+        nan = torch.isnan(got.detach()) & ~torch.isnan(want)
+        if nan.any():
+            idx = tuple(int(i) for i in nan.nonzero()[0])
+            self.fail(case, f"the {what} contains NaN (first at index {idx}) where a number was expected")
+        err = (got.detach().double() - want.double()).abs().nan_to_num(float("inf"))
+        idx = tuple(int(i) for i in (err == err.max()).nonzero()[0])
+        prefix = f"{otherwise} (" if otherwise else f"the {what} is wrong: "
+        suffix = ")" if otherwise else ""
+        self.fail(case, f"{prefix}largest difference {float(err[idx]):.3g} at index {idx} "
+                        f"(expected {float(want[idx]):.6g}, got {float(got[idx]):.6g}){suffix}")
+
+    def passed(self, covered: str) -> str:
+        line = f"check_{self.name} passed: {self.cases} cases ({covered})"
+        print(line)
+        return line
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: dict | None) -> bool:
+    if got.shape != want.shape:
+        return False
+    if got.dtype == torch.bool or want.dtype == torch.bool:
+        return torch.equal(got.bool(), want.bool())
+    if not (got.is_floating_point() or got.is_complex()):
+        got = got.double()
+    tol = tol or TOLERANCE.get(got.dtype, TOLERANCE[torch.float32])
+    return torch.allclose(got.detach().to(torch.float64), want.detach().to(torch.float64),
+                          equal_nan=True, **tol)
