@@ -14,8 +14,8 @@ import torch
 
 
 def shape_str(x: torch.Tensor) -> str:
-    """``(2, 3, 4)``: a shape as a learner writes it."""
-    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+    """``(2, 3, 4)``: a shape as Python prints a tuple."""
+    return str(tuple(x.shape))
 
 
 def tensor(name: str, x, *, min_ndim: int = 0, ndim: int | None = None,

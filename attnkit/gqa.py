@@ -15,7 +15,6 @@ import math
 import torch
 
 from . import _validate as chk
-from .attention import check_qkv
 from .masks import causal_mask
 from .softmax import softmax
 
@@ -46,12 +45,13 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(name, t, ndim=4, floating=True)
-    check_qkv(q, k, v, "grouped_query_attention")
+    chk.same_dtype(q=q, k=k, v=v)
     B, Hq, Nq, d = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
-    if k.shape[:2] != v.shape[:2] or k.shape[0] != B:
-        raise ValueError(f"grouped_query_attention: q {chk.shape_str(q)}, k {chk.shape_str(k)} and "
-                         f"v {chk.shape_str(v)} must share B, and k and v must share Hkv")
+    if k.shape[:3] != v.shape[:3] or k.shape[0] != B or k.shape[3] != d:
+        raise ValueError(f"grouped_query_attention: expected q (B, Hq, Nq, d), k (B, Hkv, Nk, d) and "
+                         f"v (B, Hkv, Nk, dv), got q {chk.shape_str(q)}, k {chk.shape_str(k)} and "
+                         f"v {chk.shape_str(v)}")
     if Hq % Hkv:
         raise ValueError(f"grouped_query_attention: the number of kv heads Hkv={Hkv} must divide the "
                          f"number of query heads Hq={Hq} (q {chk.shape_str(q)}, k {chk.shape_str(k)})")
