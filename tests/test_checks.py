@@ -1,0 +1,632 @@
+"""Every checker accepts correct implementations written differently from the reference,
+rejects known-wrong ones with the hint that names the mistake, and rejects shortcuts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnkit
+from attnkit import checks
+from attnkit.checks import CHECKS
+
+# ---------------------------------------------------------------- correct, written differently
+
+
+def dot_einsum(q, k):
+    return torch.einsum("...id,...jd->...ij", q, k)
+
+
+def softmax_loopish(x, dim=-1):
+    m = torch.nan_to_num(x.max(dim, keepdim=True).values, neginf=0.0)
+    e = torch.exp(x - m)
+    s = e.sum(dim, keepdim=True)
+    return torch.where(s == 0, torch.zeros_like(e), e / s)
+
+
+def softmax_logsumexp(x, dim=-1):
+    lse = torch.logsumexp(x, dim, keepdim=True)
+    return torch.nan_to_num(torch.exp(x - lse), nan=0.0)
+
+
+def sdpa_einsum(q, k, v, mask=None):
+    s = torch.einsum("...id,...jd->...ij", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = torch.where(mask, s, torch.tensor(float("-inf"), dtype=s.dtype))
+    w = softmax_loopish(s, -1)
+    return torch.einsum("...ij,...jd->...id", w, v), w
+
+
+def sdpa_using_torch_softmax(q, k, v, mask=None):
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(s, -1).nan_to_num(0.0)  # softmax is fair game once it has been taught
+    return w @ v, w
+
+
+def causal_tril(n_q, n_k):
+    return torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
+
+
+def padding_compare(lengths, n):
+    return torch.arange(n).expand(len(lengths), n) < lengths.unsqueeze(-1)
+
+
+def split_unflatten(x, n_heads):
+    return x.unflatten(-1, (n_heads, -1)).permute(0, 2, 1, 3)
+
+
+def merge_flatten(x):
+    return x.permute(0, 2, 1, 3).flatten(-2)
+
+
+def mha_with_learner_parts(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q, k, v = (split_unflatten(F.linear(x, w), n_heads) for w in (w_q, w_k, w_v))
+    out, _ = attnkit.scaled_dot_product_attention(q, k, v, mask)  # earlier concepts from attnkit are allowed
+    return F.linear(merge_flatten(out), w_o)
+
+
+def mha_with_torch_sdpa(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
+    return merge_flatten(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)) @ w_o.T
+
+
+def sinusoid_vectorised(n, d):
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    i = torch.arange(0, d, 2, dtype=torch.float32)
+    ang = pos * torch.exp(-math.log(10000.0) * i / d)
+    pe = torch.zeros(n, d)
+    pe[:, 0::2] = torch.sin(ang)
+    pe[:, 1::2] = torch.cos(ang)[:, : d // 2]
+    return pe
+
+
+def rope_complex(x, positions, theta=10000.0):
+    d = x.shape[-1]
+    freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    rot = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64), positions.double()[:, None] * freqs)
+    z = torch.view_as_complex(x.double().unflatten(-1, (d // 2, 2)).contiguous())
+    return torch.view_as_real(z * rot).flatten(-2).to(x.dtype)
+
+
+def alibi_loop(n_heads, n_q, n_k):
+    def slopes(n):
+        if n & (n - 1) == 0:
+            return [2 ** (-8 * (h + 1) / n) for h in range(n)]
+        p = 1 << (n.bit_length() - 1)
+        return slopes(p) + slopes(2 * p)[::2][: n - p]
+    out = torch.zeros(n_heads, n_q, n_k)
+    for h, s in enumerate(slopes(n_heads)):
+        for i in range(n_q):
+            for j in range(n_k):
+                out[h, i, j] = -s * abs(i + n_k - n_q - j)
+    return out
+
+
+def decode_with_torch_sdpa(q_t, k_t, v_t, k_cache, v_cache):
+    k_cache = torch.cat([k_cache, k_t], dim=-2)
+    v_cache = torch.cat([v_cache, v_t], dim=-2)
+    return F.scaled_dot_product_attention(q_t, k_cache, v_cache), k_cache, v_cache
+
+
+def repeat_expand(x, n_rep):
+    B, H, N, d = x.shape
+    return x.unsqueeze(2).expand(B, H, n_rep, N, d).reshape(B, H * n_rep, N, d)
+
+
+def gqa_grouped(q, k, v, is_causal=False):
+    B, Hq, Nq, d = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    qg = q.reshape(B, Hkv, Hq // Hkv, Nq, d)
+    s = qg @ k.unsqueeze(2).transpose(-1, -2) / math.sqrt(d)
+    if is_causal:
+        s = s.masked_fill(~causal_tril(Nq, Nk), float("-inf"))
+    return (softmax_loopish(s) @ v.unsqueeze(2)).reshape(B, Hq, Nq, -1)
+
+
+def gqa_with_repeat_and_attnkit(q, k, v, is_causal=False):
+    n = q.shape[1] // k.shape[1]
+    mask = attnkit.causal_mask(q.shape[2], k.shape[2]) if is_causal else None
+    return attnkit.scaled_dot_product_attention(q, repeat_expand(k, n), repeat_expand(v, n), mask)[0]
+
+
+CORRECT = {
+    "dot_product_scores": [dot_einsum],
+    "softmax": [softmax_loopish, softmax_logsumexp],
+    "scaled_dot_product_attention": [sdpa_einsum, sdpa_using_torch_softmax],
+    "causal_mask": [causal_tril],
+    "padding_mask": [padding_compare],
+    "split_heads": [split_unflatten],
+    "merge_heads": [merge_flatten],
+    "multi_head_attention": [mha_with_learner_parts, mha_with_torch_sdpa],
+    "sinusoidal_positions": [sinusoid_vectorised],
+    "apply_rope": [rope_complex],
+    "alibi_bias": [alibi_loop],
+    "decode_step": [decode_with_torch_sdpa],
+    "repeat_kv": [repeat_expand],
+    "grouped_query_attention": [gqa_grouped, gqa_with_repeat_and_attnkit],
+}
+
+
+def test_every_exercise_has_a_checker_and_correct_alternatives():
+    assert set(CHECKS) == set(CORRECT)
+    for name, checker in CHECKS.items():
+        assert checker is getattr(checks, f"check_{name}")
+        assert callable(getattr(attnkit, name))
+
+
+@pytest.mark.parametrize("name,fn", [(n, f) for n, fs in CORRECT.items() for f in fs],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_checker_accepts_correct_implementation(name, fn, capsys):
+    CHECKS[name](fn)
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and out.startswith(f"check_{name} passed")
+
+
+# ---------------------------------------------------------------- shortcuts
+
+
+def _shortcut_cases():
+    return [
+        ("dot_product_scores", attnkit.dot_product_scores, "attnkit"),
+        ("dot_product_scores", lambda q, k: attnkit.similarity.dot_product_scores(q, k), "attnkit"),
+        ("softmax", lambda x, dim=-1: torch.softmax(x, dim), "torch.softmax"),
+        ("softmax", lambda x, dim=-1: F.softmax(x, dim=dim), "softmax"),
+        ("softmax", lambda x, dim=-1: x.softmax(dim), "softmax"),
+        ("softmax", lambda x, dim=-1: torch.nn.Softmax(dim)(x), "softmax"),
+        ("softmax", lambda x, dim=-1: torch.exp(F.log_softmax(x, dim)), "log_softmax"),
+        ("softmax", lambda x, dim=-1: torch.ops.aten._softmax(x, dim, False), "aten._softmax"),
+        ("softmax", attnkit.softmax, "attnkit"),
+        ("scaled_dot_product_attention",
+         lambda q, k, v, mask=None: (F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None),
+         "scaled_dot_product_attention"),
+        ("scaled_dot_product_attention", attnkit.scaled_dot_product_attention, "attnkit"),
+        ("causal_mask", attnkit.causal_mask, "attnkit"),
+        ("padding_mask", lambda l, n: attnkit.padding_mask(l, n), "attnkit"),
+        ("split_heads", attnkit.split_heads, "attnkit"),
+        ("merge_heads", attnkit.merge_heads, "attnkit"),
+        ("multi_head_attention", attnkit.multi_head_attention, "attnkit"),
+        ("multi_head_attention", _mha_via_torch_module, "MultiheadAttention"),
+        ("sinusoidal_positions", attnkit.sinusoidal_positions, "attnkit"),
+        ("apply_rope", lambda x, p, theta=10000.0: attnkit.apply_rope(x, p, theta), "attnkit"),
+        ("apply_rope", lambda x, p, theta=10000.0: attnkit.apply_rope_complex(x, p, theta), "attnkit"),
+        ("alibi_bias", attnkit.alibi_bias, "attnkit"),
+        ("decode_step", attnkit.decode_step, "attnkit"),
+        ("repeat_kv", attnkit.repeat_kv, "attnkit"),
+        ("grouped_query_attention", attnkit.grouped_query_attention, "attnkit"),
+        ("grouped_query_attention",
+         lambda q, k, v, is_causal=False: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True),
+         "scaled_dot_product_attention"),
+    ]
+
+
+def _mha_via_torch_module(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    D = x.shape[-1]
+    m = torch.nn.MultiheadAttention(D, n_heads, bias=False, batch_first=True)
+    with torch.no_grad():
+        m.in_proj_weight.copy_(torch.cat((w_q, w_k, w_v)))
+        m.out_proj.weight.copy_(w_o)
+    return m(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("name,fn,word", _shortcut_cases(), ids=lambda v: v if isinstance(v, str) else None)
+def test_checker_rejects_shortcuts(name, fn, word):
+    with pytest.raises(AssertionError) as info:
+        CHECKS[name](fn)
+    message = str(info.value)
+    assert "calls" in message and word in message, message
+
+
+def test_spy_does_not_leak_after_a_check():
+    checks.check_softmax(softmax_loopish)
+    import sys
+    assert sys.getprofile() is None
+    torch.softmax(torch.zeros(3), 0)  # no mode left active: plain torch works as before
+    from torch.overrides import _get_current_function_mode_stack
+    assert not _get_current_function_mode_stack()
+
+
+# ---------------------------------------------------------------- known-wrong implementations
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+def dot_transposed(q, k):
+    return k @ q.transpose(-2, -1)
+
+
+def dot_scaled(q, k):
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def dot_cosine(q, k):
+    return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+
+
+def dot_dot_T(q, k):
+    return q @ k.T
+
+
+def softmax_naive(x, dim=-1):
+    e = torch.exp(x)
+    return e / e.sum(dim, keepdim=True)
+
+
+def softmax_ignores_dim(x, dim=-1):
+    return softmax_loopish(x, -1)
+
+
+def softmax_global_max(x, dim=-1):
+    e = torch.exp(x - x.max())
+    return e / e.sum(dim, keepdim=True)
+
+
+def softmax_no_normalise(x, dim=-1):
+    return torch.exp(x - x.amax(dim, keepdim=True))
+
+
+def softmax_nan_on_masked_rows(x, dim=-1):
+    e = torch.exp(x - x.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)
+
+
+def softmax_in_place(x, dim=-1):
+    x -= x.amax(dim, keepdim=True).nan_to_num(neginf=0.0)
+    return softmax_loopish(x, dim)
+
+
+def _attn(q, k, v, mask, scale, softmax_dim=-1, mask_after=False, fill=float("-inf"), invert=False):
+    s = q @ k.transpose(-2, -1) * scale
+    if mask is not None and invert:
+        mask = ~mask
+    if mask is not None and not mask_after:
+        s = s.masked_fill(~mask, fill)
+    w = torch.nan_to_num(softmax_loopish(s, softmax_dim), nan=0.0)
+    if mask is not None and mask_after:
+        w = w * mask
+    return w @ v, w
+
+
+def sdpa_no_scale(q, k, v, mask=None):
+    return _attn(q, k, v, mask, 1.0)
+
+
+def sdpa_query_axis(q, k, v, mask=None):
+    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, softmax_dim=-2)
+
+
+def sdpa_mask_after(q, k, v, mask=None):
+    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, mask_after=True)
+
+
+def sdpa_inverted_mask(q, k, v, mask=None):
+    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, invert=True)
+
+
+def sdpa_big_negative(q, k, v, mask=None):
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, -1e9)
+    w = softmax_loopish(s)
+    return w @ v, w
+
+
+def sdpa_scale_by_d(q, k, v, mask=None):
+    return _attn(q, k, v, mask, 1 / q.shape[-1])
+
+
+def sdpa_only_output(q, k, v, mask=None):
+    return _attn(q, k, v, mask, q.shape[-1] ** -0.5)[0]
+
+
+def sdpa_scale_by_value_dim(q, k, v, mask=None):
+    return _attn(q, k, v, mask, v.shape[-1] ** -0.5)
+
+
+def causal_top_left(n_q, n_k):
+    return torch.ones(n_q, n_k, dtype=torch.bool).tril()
+
+
+def causal_inverted(n_q, n_k):
+    return ~causal_tril(n_q, n_k)
+
+
+def causal_strict(n_q, n_k):
+    return torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q - 1)
+
+
+def causal_float(n_q, n_k):
+    return torch.ones(n_q, n_k).tril(diagonal=n_k - n_q)
+
+
+def padding_inverted(lengths, n):
+    return torch.arange(n)[None] >= lengths[:, None]
+
+
+def padding_off_by_one(lengths, n):
+    return torch.arange(n)[None] <= lengths[:, None]
+
+
+def padding_transposed(lengths, n):
+    return (torch.arange(n)[None] < lengths[:, None]).T
+
+
+def split_straight_reshape(x, n_heads):
+    B, N, D = x.shape
+    return x.reshape(B, n_heads, N, D // n_heads)
+
+
+def split_strided(x, n_heads):
+    B, N, D = x.shape
+    return x.reshape(B, N, D // n_heads, n_heads).permute(0, 3, 1, 2)
+
+
+def split_no_transpose(x, n_heads):
+    B, N, D = x.shape
+    return x.reshape(B, N, n_heads, D // n_heads)
+
+
+def merge_straight_reshape(x):
+    B, H, N, d = x.shape
+    return x.reshape(B, N, H * d)
+
+
+def merge_wrong_order(x):
+    B, H, N, d = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, N, H * d)
+
+
+def merge_keeps_heads(x):
+    return x.transpose(1, 2)
+
+
+def mha_no_transpose(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    return mha_with_learner_parts(x, w_q.T, w_k.T, w_v.T, w_o.T, n_heads, mask)
+
+
+def mha_no_out_proj(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
+    return merge_flatten(attnkit.scaled_dot_product_attention(q, k, v, mask)[0])
+
+
+def mha_scale_by_model_dim(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
+    d, D = q.shape[-1], x.shape[-1]
+    out, _ = attnkit.scaled_dot_product_attention(q * math.sqrt(d / D), k, v, mask)
+    return merge_flatten(out) @ w_o.T
+
+
+def mha_single_head(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    q, k, v = (x @ w.T for w in (w_q, w_k, w_v))
+    m = None if mask is None else mask.any(1) if mask.ndim == 4 else mask
+    return attnkit.scaled_dot_product_attention(q, k, v, m)[0] @ w_o.T
+
+
+def sinusoid_swapped(n, d):
+    pe = sinusoid_vectorised(n, d + 1)[:, : d]
+    out = pe.clone()
+    out[:, 0::2], out[:, 1::2] = sinusoid_vectorised(n, d + 1)[:, 1::2][:, : out[:, 0::2].shape[1]], pe[:, 0::2][:, : d // 2]
+    return out
+
+
+def sinusoid_swapped_simple(n, d):
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    ang = pos / 10000 ** (torch.arange(0, d, 2) / d)
+    pe = torch.zeros(n, d)
+    pe[:, 0::2] = torch.cos(ang)
+    pe[:, 1::2] = torch.sin(ang)[:, : d // 2]
+    return pe
+
+
+def sinusoid_i_over_d(n, d):
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    ang = pos / 10000 ** (torch.arange((d + 1) // 2) / d)
+    pe = torch.zeros(n, d)
+    pe[:, 0::2] = torch.sin(ang)
+    pe[:, 1::2] = torch.cos(ang)[:, : d // 2]
+    return pe
+
+
+def sinusoid_concatenated(n, d):
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    ang = pos / 10000 ** (torch.arange(0, d, 2) / d)
+    return torch.cat((torch.sin(ang), torch.cos(ang)[:, : d // 2]), 1)
+
+
+def rope_half_split(x, positions, theta=10000.0):
+    return attnkit.rope.apply_rope.__wrapped__(x, positions, theta) if False else _rope_generic(x, positions, theta, half=True)
+
+
+def _rope_generic(x, positions, theta, half=False, sign=1.0, exponent=2.0):
+    d = x.shape[-1]
+    freqs = theta ** (-exponent * torch.arange(d // 2, dtype=torch.float64) / d)
+    ang = sign * positions.double()[:, None] * freqs
+    c, s = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    a, b = (x[..., : d // 2], x[..., d // 2:]) if half else (x[..., 0::2], x[..., 1::2])
+    r1, r2 = a * c - b * s, a * s + b * c
+    return torch.cat((r1, r2), -1) if half else torch.stack((r1, r2), -1).flatten(-2)
+
+
+def rope_backwards(x, positions, theta=10000.0):
+    return _rope_generic(x, positions, theta, sign=-1.0)
+
+
+def rope_wrong_frequency(x, positions, theta=10000.0):
+    return _rope_generic(x, positions, theta, exponent=1.0)
+
+
+def rope_scales(x, positions, theta=10000.0):
+    return _rope_generic(x, positions, theta) * 1.5
+
+
+def _alibi_generic(n_heads, n_q, n_k, slopes=None, offset=None, absolute=True, sign=-1.0):
+    slopes = torch.tensor(slopes if slopes is not None else attnkit.alibi.alibi_slopes(n_heads).tolist())
+    offset = n_k - n_q if offset is None else offset
+    dist = (torch.arange(n_q)[:, None] + offset - torch.arange(n_k)[None]).float()
+    dist = dist.abs() if absolute else dist
+    return sign * slopes[:, None, None] * dist
+
+
+def alibi_naive_slopes(n_heads, n_q, n_k):
+    return _alibi_generic(n_heads, n_q, n_k, slopes=[2 ** (-8 * (h + 1) / n_heads) for h in range(n_heads)])
+
+
+def alibi_top_left(n_heads, n_q, n_k):
+    return _alibi_generic(n_heads, n_q, n_k, slopes=alibi_loop(n_heads, 1, 2)[:, 0, 0].abs().tolist(), offset=0)
+
+
+def alibi_positive(n_heads, n_q, n_k):
+    return -alibi_loop(n_heads, n_q, n_k)
+
+
+def alibi_signed(n_heads, n_q, n_k):
+    return _alibi_generic(n_heads, n_q, n_k, slopes=alibi_loop(n_heads, 1, 2)[:, 0, 0].abs().tolist(), absolute=False)
+
+
+def decode_forgets_self(q_t, k_t, v_t, k_cache, v_cache):
+    out = F.scaled_dot_product_attention(q_t, k_cache, v_cache) if k_cache.shape[2] else torch.zeros_like(q_t)
+    return out, torch.cat([k_cache, k_t], 2), torch.cat([v_cache, v_t], 2)
+
+
+def decode_prepends(q_t, k_t, v_t, k_cache, v_cache):
+    k_cache, v_cache = torch.cat([k_t, k_cache], 2), torch.cat([v_t, v_cache], 2)
+    return F.scaled_dot_product_attention(q_t, k_cache, v_cache), k_cache, v_cache
+
+
+def decode_no_scale(q_t, k_t, v_t, k_cache, v_cache):
+    k_cache, v_cache = torch.cat([k_cache, k_t], 2), torch.cat([v_cache, v_t], 2)
+    return F.scaled_dot_product_attention(q_t, k_cache, v_cache, scale=1.0), k_cache, v_cache
+
+
+def decode_returns_out_only(q_t, k_t, v_t, k_cache, v_cache):
+    return decode_with_torch_sdpa(q_t, k_t, v_t, k_cache, v_cache)[0]
+
+
+def repeat_tiled(x, n_rep):
+    return x.repeat(1, n_rep, 1, 1)
+
+
+def repeat_tokens(x, n_rep):
+    return x.repeat_interleave(n_rep, dim=2)
+
+
+def repeat_cat(x, n_rep):
+    return torch.cat([x] * n_rep, dim=1)
+
+
+def gqa_tiled(q, k, v, is_causal=False):
+    n = q.shape[1] // k.shape[1]
+    mask = causal_tril(q.shape[2], k.shape[2]) if is_causal else None
+    return F.scaled_dot_product_attention(q, k.repeat(1, n, 1, 1), v.repeat(1, n, 1, 1), attn_mask=mask)
+
+
+def gqa_top_left(q, k, v, is_causal=False):
+    n = q.shape[1] // k.shape[1]
+    return _attn(q, repeat_expand(k, n), repeat_expand(v, n),
+                 causal_top_left(q.shape[2], k.shape[2]) if is_causal else None, q.shape[-1] ** -0.5)[0]
+
+
+def gqa_ignores_causal(q, k, v, is_causal=False):
+    return gqa_grouped(q, k, v, False)
+
+
+def gqa_no_scale(q, k, v, is_causal=False):
+    n = q.shape[1] // k.shape[1]
+    return _attn(q, repeat_expand(k, n), repeat_expand(v, n),
+                 causal_tril(q.shape[2], k.shape[2]) if is_causal else None, 1.0)[0]
+
+
+WRONG = [
+    # (exercise, wrong implementation, words the hint must contain)
+    ("dot_product_scores", dot_transposed, "transposed"),
+    ("dot_product_scores", dot_scaled, "unscaled"),
+    ("dot_product_scores", dot_cosine, "cosine"),
+    ("dot_product_scores", dot_dot_T, "transpose(-2, -1)"),
+    ("dot_product_scores", _stub, "not implemented"),
+    ("softmax", softmax_naive, "numerically stable"),
+    ("softmax", softmax_ignores_dim, "wrong axis"),
+    ("softmax", softmax_global_max, "maximum of each row"),
+    ("softmax", softmax_no_normalise, "sum to 1"),
+    ("softmax", softmax_nan_on_masked_rows, "all -inf row"),
+    ("softmax", softmax_in_place, "in place"),
+    ("scaled_dot_product_attention", sdpa_no_scale, "sqrt(d)"),
+    ("scaled_dot_product_attention", sdpa_query_axis, "query axis"),
+    ("scaled_dot_product_attention", sdpa_mask_after, "after the softmax"),
+    ("scaled_dot_product_attention", sdpa_inverted_mask, "True means"),
+    ("scaled_dot_product_attention", sdpa_big_negative, "fully masked row"),
+    ("scaled_dot_product_attention", sdpa_scale_by_d, "divided the scores by d"),
+    ("scaled_dot_product_attention", sdpa_only_output, "(out, weights)"),
+    ("scaled_dot_product_attention", sdpa_scale_by_value_dim, "not v's"),
+    ("causal_mask", causal_top_left, "top left"),
+    ("causal_mask", causal_inverted, "inverted"),
+    ("causal_mask", causal_strict, "diagonal"),
+    ("causal_mask", causal_float, "bool"),
+    ("padding_mask", padding_inverted, "inverted"),
+    ("padding_mask", padding_off_by_one, "off by one"),
+    ("padding_mask", padding_transposed, "transposed"),
+    ("split_heads", split_straight_reshape, "transpose(1, 2)"),
+    ("split_heads", split_strided, "contiguous block"),
+    ("split_heads", split_no_transpose, "move the head axis"),
+    ("merge_heads", merge_straight_reshape, "transpose(1, 2) first"),
+    ("merge_heads", merge_wrong_order, "contiguous block"),
+    ("merge_heads", merge_keeps_heads, "shape"),
+    ("multi_head_attention", mha_no_transpose, "x @ w.T"),
+    ("multi_head_attention", mha_no_out_proj, "output projection"),
+    ("multi_head_attention", mha_scale_by_model_dim, "1/sqrt(d)"),
+    ("multi_head_attention", mha_single_head, "single-head"),
+    ("sinusoidal_positions", sinusoid_swapped_simple, "swapped"),
+    ("sinusoidal_positions", sinusoid_i_over_d, "2i/d"),
+    ("sinusoidal_positions", sinusoid_concatenated, "interleaved"),
+    ("apply_rope", rope_half_split, "half-split"),
+    ("apply_rope", rope_backwards, "minus the angle"),
+    ("apply_rope", rope_wrong_frequency, "theta^(-2i/d)"),
+    ("apply_rope", rope_scales, "length"),
+    ("alibi_bias", alibi_naive_slopes, "not a power of two"),
+    ("alibi_bias", alibi_top_left, "bottom right"),
+    ("alibi_bias", alibi_positive, "negative"),
+    ("alibi_bias", alibi_signed, "absolute distance"),
+    ("decode_step", decode_forgets_self, "itself"),
+    ("decode_step", decode_prepends, "front of the cache"),
+    ("decode_step", decode_no_scale, "sqrt(d)"),
+    ("decode_step", decode_returns_out_only, "three tensors"),
+    ("repeat_kv", repeat_tiled, "repeat_interleave"),
+    ("repeat_kv", repeat_tokens, "token axis"),
+    ("repeat_kv", repeat_cat, "[a, a, b, b]"),
+    ("grouped_query_attention", gqa_tiled, "tiled"),
+    ("grouped_query_attention", gqa_top_left, "top left"),
+    ("grouped_query_attention", gqa_ignores_causal, "is_causal was ignored"),
+    ("grouped_query_attention", gqa_no_scale, "sqrt(d)"),
+]
+
+
+def test_every_checker_has_at_least_three_known_wrong_implementations():
+    counts = {name: sum(1 for n, _, _ in WRONG if n == name and _ is not _stub) for name in CHECKS}
+    assert min(counts.values()) >= 3, counts
+
+
+@pytest.mark.parametrize("name,fn,words", WRONG, ids=[f"{n}-{f.__name__}" for n, f, _ in WRONG])
+def test_checker_rejects_known_wrong_with_the_right_hint(name, fn, words):
+    with pytest.raises(AssertionError) as info:
+        CHECKS[name](fn)
+    first_line = str(info.value).splitlines()[0]
+    assert first_line.startswith(name + ":"), first_line
+    assert words in first_line, first_line
+
+
+def test_checker_rejects_non_callable():
+    with pytest.raises(TypeError, match="no parentheses"):
+        checks.check_softmax(softmax_loopish(torch.zeros(3)))
+
+
+def test_checker_keeps_the_learners_traceback():
+    def broken(x, dim=-1):
+        return x.undefined_method()
+
+    with pytest.raises(AssertionError) as info:
+        checks.check_softmax(broken)
+    assert "AttributeError" in str(info.value)
+    assert isinstance(info.value.__cause__, AttributeError)
