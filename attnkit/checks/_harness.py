@@ -196,6 +196,7 @@ class Checker:
         """
         if not isinstance(got, torch.Tensor):
             self.fail(case, f"the {what} should be a torch.Tensor, got {type(got).__name__}")
+        got = got.detach().cpu()  # a learner on a GPU runtime may hand back a CUDA tensor
         if got.shape != want.shape:
             for candidate, hint in wrong:
                 if candidate.shape == got.shape and _close(got, candidate, tol):
