@@ -248,7 +248,7 @@ def dot_cosine(q, k):
 
 
 def dot_dot_T(q, k):
-    return q @ k.T
+    return q @ k.transpose(*range(k.ndim - 1, -1, -1))  # what k.T does: reverse every dimension
 
 
 def softmax_naive(x, dim=-1):
@@ -406,13 +406,6 @@ def mha_single_head(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
     return attnkit.scaled_dot_product_attention(q, k, v, m)[0] @ w_o.T
 
 
-def sinusoid_swapped(n, d):
-    pe = sinusoid_vectorised(n, d + 1)[:, : d]
-    out = pe.clone()
-    out[:, 0::2], out[:, 1::2] = sinusoid_vectorised(n, d + 1)[:, 1::2][:, : out[:, 0::2].shape[1]], pe[:, 0::2][:, : d // 2]
-    return out
-
-
 def sinusoid_swapped_simple(n, d):
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     ang = pos / 10000 ** (torch.arange(0, d, 2) / d)
@@ -438,7 +431,7 @@ def sinusoid_concatenated(n, d):
 
 
 def rope_half_split(x, positions, theta=10000.0):
-    return attnkit.rope.apply_rope.__wrapped__(x, positions, theta) if False else _rope_generic(x, positions, theta, half=True)
+    return _rope_generic(x, positions, theta, half=True)
 
 
 def _rope_generic(x, positions, theta, half=False, sign=1.0, exponent=2.0):

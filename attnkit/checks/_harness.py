@@ -109,14 +109,16 @@ class _Spy:
             self._modes.append(_DispatchSpy(self.ban, self.seen))
         for mode in self._modes:
             mode.__enter__()
-        self._previous_profile = sys.getprofile()
-        if self._codes:
+        # Calls into attnkit's references are seen through a profile hook. Under another
+        # profiler (cProfile, a debugger) the hook is left alone: it could not be restored.
+        self._profiling = bool(self._codes) and sys.getprofile() is None
+        if self._profiling:
             sys.setprofile(self._profile)
         return self
 
     def __exit__(self, *exc):
-        if self._codes:
-            sys.setprofile(self._previous_profile)
+        if self._profiling:
+            sys.setprofile(None)
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
         return False
