@@ -6,12 +6,8 @@ import torch
 
 from .. import gqa, kv_cache
 from ._harness import Ban, Checker, gen, randn
-from .basics import ATTENTION_ATEN, _sdpa
-
-
-def _causal(n_q, n_k, offset=None):
-    offset = n_k - n_q if offset is None else offset
-    return torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + offset
+from .basics import _sdpa
+from .masks import _causal
 
 
 def check_decode_step(fn) -> str:
