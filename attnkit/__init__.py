@@ -23,6 +23,8 @@ from .rope import apply_rope, apply_rope_complex
 from .similarity import cosine_scores, dot_product_scores
 from .softmax import softmax
 
+from .env import report
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -30,6 +32,6 @@ __all__ = [
     "TinyDecoder", "additive_attention", "additive_scores", "alibi_bias", "alibi_slopes",
     "apply_rope", "apply_rope_complex", "causal_mask", "cosine_scores", "decode_step",
     "dot_product_scores", "generate", "grouped_query_attention", "merge_heads",
-    "multi_head_attention", "padding_mask", "repeat_kv", "scaled_dot_product_attention",
+    "multi_head_attention", "padding_mask", "repeat_kv", "report", "scaled_dot_product_attention",
     "sinusoidal_positions", "softmax", "split_heads",
 ]

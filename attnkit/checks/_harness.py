@@ -197,25 +197,25 @@ class Checker:
         otherwise: the hint to give when the values are wrong in no known way.
         """
         if not isinstance(got, torch.Tensor):
-            self.fail(case, f"the {what} should be a torch.Tensor, got {type(got).__name__}")
+            self.fail(case, f"expected the {what} to be a torch.Tensor, got {type(got).__name__}")
         got = got.detach().cpu()  # a learner on a GPU runtime may hand back a CUDA tensor
         if got.shape != want.shape:
             for candidate, hint in wrong:
                 if candidate.shape == got.shape and _close(got, candidate, tol):
                     self.fail(case, hint)
-            self.fail(case, f"the {what} has shape {fmt_shape(got)}, expected {fmt_shape(want)}")
+            self.fail(case, f"wrong shape for the {what}: got {fmt_shape(got)}, expected {fmt_shape(want)}")
         if dtype is not None and got.dtype != dtype:
-            self.fail(case, f"the {what} has dtype {got.dtype}, expected {dtype}")
+            self.fail(case, f"wrong dtype for the {what}: got {got.dtype}, expected {dtype}")
         if want.dtype == torch.bool or got.dtype == torch.bool:
             if got.dtype != want.dtype:
-                self.fail(case, f"the {what} has dtype {got.dtype}, expected {want.dtype}")
+                self.fail(case, f"wrong dtype for the {what}: got {got.dtype}, expected {want.dtype}")
             if torch.equal(got, want):
                 return
             for candidate, hint in wrong:
                 if candidate.shape == got.shape and torch.equal(got, candidate.to(got.dtype)):
                     self.fail(case, hint)
             idx = tuple(int(i) for i in (got != want).nonzero()[0])
-            self.fail(case, f"the {what} is wrong at index {idx}: expected {bool(want[idx])}, "
+            self.fail(case, f"wrong {what} at index {idx}: expected {bool(want[idx])}, "
                             f"got {bool(got[idx])}")
         if _close(got, want, tol):
             return
@@ -225,10 +225,10 @@ class Checker:
         nan = torch.isnan(got.detach()) & ~torch.isnan(want)
         if nan.any() and not otherwise:
             idx = tuple(int(i) for i in nan.nonzero()[0])
-            self.fail(case, f"the {what} contains NaN (first at index {idx}) where a number was expected")
+            self.fail(case, f"NaN in the {what} (first at index {idx}) where a number was expected")
         err = (got.detach().double() - want.double()).abs().nan_to_num(float("inf"))
         idx = tuple(int(i) for i in (err == err.max()).nonzero()[0])
-        prefix = f"{otherwise} (" if otherwise else f"the {what} is wrong: "
+        prefix = f"{otherwise} (" if otherwise else f"wrong {what}: "
         suffix = ")" if otherwise else ""
         self.fail(case, f"{prefix}largest difference {float(err[idx]):.3g} at index {idx} "
                         f"(expected {float(want[idx]):.6g}, got {float(got[idx]):.6g}){suffix}")
