@@ -130,7 +130,7 @@ def _run(student_id, built, source, workspace, ipc, policy, limits, start) -> Re
             if test and r.status == "ok" and not changes:
                 after = k.execute(fp.code(), timeout=60, user_expressions=fp.expression())
                 changes = integrity.changed(base, integrity.Fingerprinter.parse(after.user_expressions))
-            label = nbs.grade_id(cell) or f"cell {index + 1}"
+            label = f"'{nbs.grade_id(cell)}'" if nbs.grade_id(cell) else f"{index + 1} (added by the student)"
             if r.status in ("timeout", "killed"):
                 notes.append(f"cell {label} exceeded {min(limits.cell_timeout, remaining):.0f} s and was "
                              + ("interrupted" if r.status == "timeout" else "killed (it ignored the interrupt)"))
@@ -145,8 +145,8 @@ def _run(student_id, built, source, workspace, ipc, policy, limits, start) -> Re
                     status, message = "ok", ""
                 else:
                     status, message = r.status, _one_line(f"{r.ename}: {r.evalue}" if r.ename else r.status, 300)
-                result.tests.append(TestOutcome(label, nbs.points(cell) if ok else 0.0, nbs.points(cell),
-                                                status, message))
+                result.tests.append(TestOutcome(nbs.grade_id(cell), nbs.points(cell) if ok else 0.0,
+                                                nbs.points(cell), status, message))
             if r.status in ("killed", "dead"):
                 base = _recover(k, cells[:index], limits, deadline, baseline)
                 if base is None:

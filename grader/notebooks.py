@@ -134,3 +134,22 @@ def dumps(nb: NotebookNode) -> str:
 
 def write(nb: NotebookNode, path: pathlib.Path) -> None:
     path.write_text(dumps(nb), encoding="utf-8")
+
+
+def strip_solution_markers(source: str) -> str:
+    return "\n".join(line for line in source.split("\n")
+                     if SOLUTION_BEGIN not in line and SOLUTION_END not in line)
+
+
+def as_student_answer(template: NotebookNode, source: NotebookNode, answers: dict[str, str] | None = None) -> NotebookNode:
+    """The released ``template`` with its solution cells answered: by ``answers[grade_id]``
+    where given, otherwise by the source's solution (what a perfect student would hand in)."""
+    import copy
+    answers = answers or {}
+    solutions = {grade_id(c): strip_solution_markers(c.source) for c in source.cells if is_solution(c)}
+    nb = copy.deepcopy(template)
+    for cell in nb.cells:
+        gid = grade_id(cell)
+        if is_solution(cell) and gid in solutions:
+            cell.source = answers.get(gid, solutions[gid])
+    return nb

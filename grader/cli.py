@@ -1,0 +1,79 @@
+"""``attn-grade`` (also ``python -m grader``): release, validate, autograde, demo."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from . import autograde, course, demo, grade, release, validate
+
+
+def _limits(args) -> grade.Limits:
+    return grade.Limits(cell_timeout=args.timeout, notebook_timeout=args.notebook_timeout,
+                        memory_bytes=int(args.memory_gib * 2**30))
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="wall-clock limit per cell in seconds (default 120)")
+    p.add_argument("--notebook-timeout", type=float, default=900.0, metavar="S",
+                   help="wall-clock limit per notebook in seconds (default 900)")
+    p.add_argument("--memory-gib", type=float, default=3.0, metavar="G",
+                   help="memory (address space) limit per kernel in GiB (default 3)")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="kernel sandbox: bubblewrap when available (auto), required (bwrap), or rlimits only (none)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="attn-grade", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("release", help="regenerate notebooks/ from solutions/")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 naming the notebooks that differ")
+
+    p = sub.add_parser("validate", help="run one notebook as the autograder will; exit 1 if a visible test fails")
+    p.add_argument("notebook", type=pathlib.Path)
+    _add_limits(p)
+
+    p = sub.add_parser("autograde", help="grade a folder of student folders")
+    p.add_argument("submissions", type=pathlib.Path, help="one folder per student (folder name = student id)")
+    p.add_argument("--assignment", required=True, help="the notebook's file stem, e.g. 01_dot_products")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="where grades.csv and feedback/ go")
+    p.add_argument("--jobs", type=int, default=2, help="students graded at once (default 2)")
+    p.add_argument("--db-url", default=None,
+                   help="gradebook URL (default sqlite:///OUT/gradebook.db; e.g. postgresql://user@host/course)")
+    p.add_argument("--no-feedback", action="store_true", help="skip the feedback pages")
+    _add_limits(p)
+
+    sub.add_parser("demo", help="release, collect and grade sample submissions in a temporary folder")
+
+    args = parser.parse_args(argv)
+    if args.command == "release":
+        drifted = release.release(check=args.check)
+        if args.check:
+            if drifted:
+                print("student notebooks out of date (run `attn-grade release`): " + ", ".join(drifted))
+                return 1
+            print(f"notebooks/ matches solutions/ ({len(course.assignments())} notebooks)")
+            return 0
+        print(f"released {len(course.assignments())} notebooks" + (f"; updated: {', '.join(drifted)}" if drifted else "; nothing changed"))
+        return 0
+    if args.command == "validate":
+        return validate.validate(args.notebook, _limits(args), args.sandbox)
+    if args.command == "autograde":
+        if args.jobs < 1:
+            parser.error("--jobs must be at least 1")
+        settings = autograde.Settings(jobs=args.jobs, limits=_limits(args), sandbox=args.sandbox,
+                                      db_url=args.db_url, feedback=not args.no_feedback)
+        try:
+            results = autograde.autograde(args.submissions, args.assignment, args.out, settings)
+        except (ValueError, RuntimeError) as e:
+            print(f"attn-grade: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out / 'grades.csv'} ({len(results)} rows)")
+        return 0
+    if args.command == "demo":
+        demo.demo()
+        return 0
+    return 2
