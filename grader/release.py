@@ -9,8 +9,6 @@ source are identical byte for byte.
 from __future__ import annotations
 
 import pathlib
-from concurrent.futures import ThreadPoolExecutor
-
 import nbformat
 
 from . import course
@@ -33,12 +31,13 @@ def student_version(source: pathlib.Path, db_url: str | None = None) -> str:
     return nbs.dumps(nbs.normalise(nb))
 
 
-def release(check: bool = False, solutions: pathlib.Path = course.SOLUTIONS,
-            notebooks: pathlib.Path = course.NOTEBOOKS, jobs: int = 2) -> list[str]:
+def release(check: bool = False, solutions: pathlib.Path | None = None,
+            notebooks: pathlib.Path | None = None) -> list[str]:
     """Write (or, with ``check``, compare) every student notebook; return the names that differ."""
+    solutions = solutions or course.SOLUTIONS
+    notebooks = notebooks or course.NOTEBOOKS
     sources = course.assignments(solutions)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        texts = dict(zip(sources, pool.map(student_version, sources.values())))
+    texts = {name: student_version(path) for name, path in sources.items()}
     notebooks.mkdir(exist_ok=True)
     drifted = []
     for name, text in texts.items():
