@@ -45,7 +45,8 @@ def _submissions(root: pathlib.Path, source, template) -> pathlib.Path:
     return subs
 
 
-def demo(out=sys.stdout, keep: pathlib.Path | None = None) -> list:
+def demo(out=None, keep: pathlib.Path | None = None) -> list:
+    out = out or sys.stdout
     root = pathlib.Path(tempfile.mkdtemp(prefix="attn-demo-")) if keep is None else keep
     try:
         source_path = course.assignments()[DEMO_ASSIGNMENT]

@@ -20,9 +20,11 @@ from . import notebooks as nbs
 
 
 def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mode: str = "auto",
-             notebooks: pathlib.Path = course.NOTEBOOKS, out=sys.stdout) -> int:
+             notebooks: pathlib.Path | None = None, out=None) -> int:
     """Return the exit code: 0 all visible tests pass, 1 some fail, 2 the notebook cannot run."""
     limits = limits or grade.Limits()
+    out = out or sys.stdout
+    notebooks = notebooks or course.NOTEBOOKS
     path = pathlib.Path(path)
     try:
         submission = nbs.read_submission(path)
