@@ -107,7 +107,7 @@ def _record_gradebook(db_url: str, assignment: str, results: list[grade.Result])
     course.ensure_tools_on_path()
     from nbgrader.api import Gradebook, MissingEntry
 
-    with warnings.catch_warnings(), Gradebook(db_url) as gb:
+    with warnings.catch_warnings(), Gradebook(db_url, course_id=course.COURSE_ID) as gb:
         warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings
         for r in results:
             gb.update_or_create_student(r.student_id)
@@ -125,6 +125,18 @@ def _record_gradebook(db_url: str, assignment: str, results: list[grade.Result])
                     continue
                 g.auto_score = t.points
             gb.db.commit()
+
+
+def _database_paths(db_url: str) -> list[pathlib.Path]:
+    """Folders through which the gradebook could be reached: the SQLite file's folder, or a
+    PostgreSQL server's Unix socket folders (TCP is already cut by the network namespace)."""
+    from urllib.parse import parse_qs, urlsplit
+    if db_url.startswith("sqlite:///"):
+        return [pathlib.Path(db_url[len("sqlite:///"):]).parent]
+    paths = [pathlib.Path("/run/postgresql"), pathlib.Path("/var/run/postgresql")]
+    for host in parse_qs(urlsplit(db_url).query).get("host", []):
+        paths.append(pathlib.Path(host))
+    return [p for p in paths if p.is_absolute()]
 
 
 def _register_assignment(source_path: pathlib.Path, db_url: str) -> nbformat.NotebookNode:
@@ -149,8 +161,7 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     template = _register_assignment(sources[assignment], db_url)
     mode = sandbox.resolve_mode(settings.sandbox)
     hidden = [submissions, out, course.REPO, solutions.resolve()]
-    if db_url.startswith("sqlite:///"):
-        hidden.append(pathlib.Path(db_url[len("sqlite:///"):]).parent)
+    hidden += _database_paths(db_url)
     students = sorted(p for p in submissions.iterdir() if p.is_dir() and p.name not in SKIP_DIRS
                       and not p.name.startswith("."))
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="attn-grade-"))

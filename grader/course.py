@@ -21,6 +21,8 @@ from traitlets.config import Config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "solutions"
 NOTEBOOKS = REPO / "notebooks"
+# nbgrader's course id. SQLite does not enforce it, PostgreSQL does (assignments reference it).
+COURSE_ID = "attention-course"
 
 
 def assignments(solutions: pathlib.Path = SOLUTIONS) -> dict[str, pathlib.Path]:
@@ -52,6 +54,7 @@ def nbgrader_course(db_url: str | None = None, root: pathlib.Path | None = None)
         config = Config()
         config.CourseDirectory.root = str(root)
         config.CourseDirectory.db_url = db_url or sqlite_url(root / "gradebook.db")
+        config.CourseDirectory.course_id = COURSE_ID
         config.Exchange.root = str(root / "exchange")
         coursedir = CourseDirectory(config=config)
         api = NbGraderAPI(coursedir=coursedir, config=config)

@@ -27,6 +27,7 @@ across the network namespace.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -94,8 +95,11 @@ def _python_paths() -> set[pathlib.Path]:
     user_site = site.getusersitepackages()
     if isinstance(user_site, str) and os.path.isdir(user_site):
         paths.add(user_site)
-    import attnkit  # the course package may be an editable install inside the repository
-    paths.add(str(pathlib.Path(attnkit.__file__).resolve().parent))
+    # The course package may be an editable install inside the (hidden) repository. Locate it
+    # without importing it: importing attnkit would import torch into the grader.
+    spec = importlib.util.find_spec("attnkit")
+    if spec is not None and spec.origin:
+        paths.add(str(pathlib.Path(spec.origin).resolve().parent))
     return {pathlib.Path(p).resolve() for p in paths if p and os.path.isdir(p)}
 
 

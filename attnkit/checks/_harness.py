@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode, resolve_name
-from torch.utils._python_dispatch import TorchDispatchMode
 
 TOLERANCE = {
     # Learner code runs on float32 inputs and is compared with a float64 reference. A plain
@@ -49,7 +48,7 @@ class Ban:
     functions: qualified torch names as ``torch.overrides.resolve_name`` gives them
         (``"torch.nn.functional.softmax"``), each mapped to ``None`` (always banned) or a
         predicate on ``(args, kwargs)`` (banned when it returns True).
-    aten: prefixes of ATen operator names (``"aten._softmax"``), caught however reached.
+    aten: prefixes of ATen operator names (``"aten._softmax"``) called through ``torch.ops``.
     python: Python functions (attnkit's own references) whose code may not run.
     hint: what to do instead, in the learner's terms.
     """
@@ -72,23 +71,16 @@ class _FunctionSpy(TorchFunctionMode):
             predicate = self.ban.functions[name]
             if predicate is None or predicate(args, kwargs):
                 self.seen.append(name)
+        elif self.ban.aten and name.startswith(self.ban.aten):
+            self.seen.append(name)
         return func(*args, **kwargs)
 
 
-class _DispatchSpy(TorchDispatchMode):
-    def __init__(self, ban: Ban, seen: list[str]):
-        super().__init__()
-        self.ban, self.seen = ban, seen
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        if name.startswith(self.ban.aten):
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 class _Spy:
-    """Records banned calls made while active: torch functions, ATen ops and Python code."""
+    """Records banned calls made while active: torch functions (``torch.ops`` included) and
+    Python code. A ``TorchFunctionMode`` sees every torch call however it was reached (a name
+    imported before the check, a method, ``torch.ops.aten``); a dispatch-level mode would see
+    more but costs a second of ``torch._dynamo`` import in every fresh kernel."""
 
     def __init__(self, ban: Ban):
         self.ban = ban
@@ -103,10 +95,8 @@ class _Spy:
 
     def __enter__(self):
         self._modes = []
-        if self.ban.functions:
+        if self.ban.functions or self.ban.aten:
             self._modes.append(_FunctionSpy(self.ban, self.seen))
-        if self.ban.aten:
-            self._modes.append(_DispatchSpy(self.ban, self.seen))
         for mode in self._modes:
             mode.__enter__()
         # Calls into attnkit's references are seen through a profile hook. Under another

@@ -17,7 +17,8 @@ SOFTMAX_FUNCTIONS = {name: None for name in (
     "torch._softmax", "torch._log_softmax", "torch._safe_softmax", F + "softmin", F + "gumbel_softmax")}
 SOFTMAX_ATEN = ("aten._softmax", "aten._log_softmax", "aten._safe_softmax", "aten.softmax", "aten.log_softmax")
 ATTENTION_FUNCTIONS = {name: None for name in (
-    F + "scaled_dot_product_attention", F + "multi_head_attention_forward")}
+    F + "scaled_dot_product_attention", F + "multi_head_attention_forward", "torch._native_multi_head_attention",
+    "torch._fused_sdp_choice")}
 ATTENTION_ATEN = ("aten._scaled_dot_product", "aten.scaled_dot_product", "aten._fused_sdp")
 
 
