@@ -58,7 +58,7 @@ def time_nbgrader(subs, assignment: str, root: pathlib.Path) -> float:
     (course_dir / "source" / assignment).mkdir(parents=True)
     shutil.copy(course.assignments()[assignment], course_dir / "source" / assignment / f"{assignment}.ipynb")
     (course_dir / "nbgrader_config.py").write_text(
-        "c = get_config()\nc.CourseDirectory.root = %r\nc.ExecutePreprocessor.timeout = 120\n" % str(course_dir))
+        "c = get_config()\nc.CourseDirectory.root = %r\nc.Execute.timeout = 120\n" % str(course_dir))
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     run = lambda *args: subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course_dir, env=env,
                                        capture_output=True, text=True)
