@@ -178,14 +178,18 @@ def _record_not_run(result: Result, cells) -> None:
 def _recover(k: kernel.Kernel, earlier: list, limits: Limits, deadline: float, baseline) -> dict | None:
     """Restart the kernel, fingerprint it fresh, then re-run the earlier non-test cells to
     rebuild the state. Returns the new baseline (None when the kernel cannot come back)."""
-    try:
-        k.restart()
-    except Exception:
-        return None
-    base = baseline()
-    if base is None:
-        return None
+
+    def fresh() -> dict | None:
+        try:
+            k.restart()
+        except Exception:
+            return None
+        return baseline()
+
+    base = fresh()
     for cell in earlier:
+        if base is None:
+            return None
         if cell.cell_type != "code" or nbs.is_test(cell):
             continue
         remaining = deadline - time.monotonic()
@@ -193,11 +197,5 @@ def _recover(k: kernel.Kernel, earlier: list, limits: Limits, deadline: float, b
             break
         r = k.execute(cell.source, timeout=min(limits.cell_timeout, remaining))
         if r.status in ("killed", "dead"):
-            try:
-                k.restart()
-            except Exception:
-                return None
-            base = baseline()
-            if base is None:
-                return None
+            base = fresh()  # this earlier cell cannot be replayed: skip it
     return base
