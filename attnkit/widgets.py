@@ -134,10 +134,10 @@ class SimilarityExplorer(Explorer):
         ax0.arrow(0, 0, float(q[0]), float(q[1]), head_width=0.08, color="tab:red", length_includes_head=True)
         ax0.annotate("q", (float(q[0]), float(q[1])), color="tab:red")
         ax0.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", title="query (red) and keys")
-        x = torch.arange(len(self.keys))
-        ax1.bar(x - 0.2, self.state["dot"], width=0.4, label="dot product")
-        ax1.bar(x + 0.2, self.state["cosine"], width=0.4, label="cosine")
-        ax1.set_xticks(x.tolist(), labels=self.labels)
+        x = list(range(len(self.keys)))
+        ax1.bar([i - 0.2 for i in x], self.state["dot"].tolist(), width=0.4, label="dot product")
+        ax1.bar([i + 0.2 for i in x], self.state["cosine"].tolist(), width=0.4, label="cosine")
+        ax1.set_xticks(x, labels=self.labels)
         ax1.axhline(0, color="black", lw=0.5)
         ax1.legend()
         ax1.set_title("scores")
@@ -166,7 +166,7 @@ class TemperatureExplorer(Explorer):
 
     def draw(self):
         fig, ax = _figure()
-        ax.bar(self.labels, self.state["probs"])
+        ax.bar(self.labels, self.state["probs"].tolist())
         ax.set(ylim=(0, 1), ylabel="probability",
                title=f"T = {self.controls['temperature'].value:.2f}, entropy {self.state['entropy']:.2f} "
                      f"of at most {self.state['max_entropy']:.2f} nats")
@@ -262,8 +262,8 @@ class QueryExplorer(Explorer):
 
     def draw(self):
         fig, ax = _figure(7.0, 3.4)
-        ax.plot(self.keys, self.values, "o-", color="tab:blue", label="(key, value) pairs")
-        ax.bar(self.keys, self.state["weights"] * 2, width=0.3, alpha=0.4, color="tab:orange",
+        ax.plot(self.keys.tolist(), self.values.tolist(), "o-", color="tab:blue", label="(key, value) pairs")
+        ax.bar(self.keys.tolist(), (self.state["weights"] * 2).tolist(), width=0.3, alpha=0.4, color="tab:orange",
                label="attention weight (x2)")
         ax.plot([self.controls["query"].value], [self.state["output"]], "*", ms=15, color="tab:red",
                 label="output = weighted average")

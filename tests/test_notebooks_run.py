@@ -71,3 +71,9 @@ def test_no_shell_magics_anywhere():
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
                 assert not any(l.lstrip().startswith(("!", "%")) for l in cell.source.splitlines()), path.name
+
+
+def test_readme_lists_both_badges_for_every_notebook():
+    readme = (course.REPO / "README.md").read_text()
+    for name in SOURCES:
+        assert f"notebooks/{name}.ipynb" in readme and f"solutions/{name}.ipynb" in readme, name
