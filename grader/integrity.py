@@ -85,7 +85,15 @@ def {fn}():
         transformers.append(getattr(manager, attr, []))
     prints["input transformers"] = repr([[id(t) for t in group] for group in transformers])
     prints["ast transformers"] = repr([id(t) for t in shell.ast_transformers])
-    prints["event callbacks"] = repr({{k: [id(f) for f in v] for k, v in shell.events.callbacks.items()}})
+    # Libraries register callbacks too (matplotlib's inline backend on first pyplot import):
+    # only callbacks whose code does not live in an installed package count.
+    installed = tuple(p for p in {{sys.prefix, sys.base_prefix, sys.exec_prefix}} if p)
+
+    def foreign(f):
+        code = getattr(f, "__code__", None) or getattr(getattr(f, "__func__", None), "__code__", None)
+        return code is None or not code.co_filename.startswith(installed)
+
+    prints["event callbacks"] = repr({{k: [id(f) for f in v if foreign(f)] for k, v in shell.events.callbacks.items()}})
     prints["sys.excepthook"] = "%x" % id(sys.excepthook)
     prints["sys.trace"] = "%x" % id(sys.gettrace())
     prints["sys.profile"] = "%x" % id(sys.getprofile())

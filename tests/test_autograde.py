@@ -108,6 +108,15 @@ def batch(tmp_path_factory):
         "torch.testing.assert_close = lambda *a, **k: None\n"))
     put(subs, "tamper_traceback", name, answered(
         TRANSPOSED + "get_ipython().showtraceback = lambda *a, **k: None\n"))
+    put(subs, "tamper_events", name, answered(
+        "import attnkit.checks, torch\n"
+        "def dot_product_scores(q, k):\n    return torch.zeros(*q.shape[:-1], k.shape[-2])\n"
+        "_real = (attnkit.checks.check_dot_product_scores, torch.allclose)\n"
+        "def _patch(*a):\n    attnkit.checks.check_dot_product_scores = lambda fn: None\n"
+        "    torch.allclose = lambda *a, **k: True\n"
+        "def _restore(*a):\n    attnkit.checks.check_dot_product_scores, torch.allclose = _real\n"
+        "get_ipython().events.register('pre_run_cell', _patch)\n"
+        "get_ipython().events.register('post_run_cell', _restore)\n"))
     put(subs, "spy_hidden", name, answered(
         "captured = []\nget_ipython().events.register('pre_run_cell', lambda info: captured.append(info.raw_cell))\n"
         + TRANSPOSED, ))
@@ -216,7 +225,7 @@ def test_huge_output_is_truncated_in_feedback(batch):
     assert "cut by the grader" in page.read_text() or "dropped by the grader" in page.read_text()
 
 
-@pytest.mark.parametrize("student", ["tamper_checks", "tamper_testing", "tamper_traceback"])
+@pytest.mark.parametrize("student", ["tamper_checks", "tamper_testing", "tamper_traceback", "tamper_events"])
 def test_tampering_gains_nothing_and_is_reported(batch, student):
     r = row(batch, student)
     assert r["status"] == "graded" and float(r["score"]) == 0.0, r
