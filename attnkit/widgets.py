@@ -183,7 +183,7 @@ class MaskBuilder(Explorer):
         import ipywidgets as w
         self.n = n
         self.controls = {
-            "kind": w.Dropdown(options=["causal", "padding", "causal + padding"], value="causal + padding",
+            "kind": w.Dropdown(options=["causal", "padding", "causal & padding"], value="causal & padding",
                                description="mask"),
             "length": w.IntSlider(value=n - 2, min=0, max=n, description="real tokens"),
             "queries": w.IntSlider(value=n, min=1, max=n, description="queries"),

@@ -31,7 +31,7 @@ def test_mask_builder_reports_fully_masked_rows():
     e.controls["kind"].value = "padding"
     e.controls["length"].value = 0
     assert e.state["fully_masked_rows"] == list(range(6))
-    e.controls["kind"].value = "causal + padding"
+    e.controls["kind"].value = "causal & padding"
     e.controls["length"].value = 3
     e.controls["queries"].value = 2  # the last two positions of six
     assert e.state["mask"].shape == (2, 6) and e.state["mask"].sum().item() == 6
