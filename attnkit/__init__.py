@@ -14,7 +14,8 @@ from .alibi import alibi_bias, alibi_slopes
 from .attention import scaled_dot_product_attention
 from .gqa import grouped_query_attention, repeat_kv
 from .heads import merge_heads, multi_head_attention, split_heads
-from .kv_cache import KVCache, decode_step
+from .kv_cache import KVCache, decode_step, kv_cache_bytes
+from .induction import induction_score, previous_token_score
 from .masks import causal_mask, padding_mask
 from .mha import MultiHeadAttention
 from .model import Block, DecoderConfig, MLP, TinyDecoder, generate
@@ -31,7 +32,7 @@ __all__ = [
     "AdditiveAttention", "Block", "DecoderConfig", "KVCache", "MLP", "MultiHeadAttention",
     "TinyDecoder", "additive_attention", "additive_scores", "alibi_bias", "alibi_slopes",
     "apply_rope", "apply_rope_complex", "causal_mask", "cosine_scores", "decode_step",
-    "dot_product_scores", "generate", "grouped_query_attention", "merge_heads",
+    "dot_product_scores", "generate", "induction_score", "kv_cache_bytes", "previous_token_score", "grouped_query_attention", "merge_heads",
     "multi_head_attention", "padding_mask", "repeat_kv", "report", "scaled_dot_product_attention",
     "sinusoidal_positions", "softmax", "split_heads",
 ]

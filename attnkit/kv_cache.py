@@ -101,3 +101,13 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything (the buffers stay allocated)."""
         self.length = 0
+
+
+def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch: int = 1,
+                   bytes_per_value: int = 2) -> int:
+    """Bytes a KV cache needs: keys and values (x2) for every layer, kv head, position and
+    batch row. ``bytes_per_value`` is 2 for fp16/bf16, 4 for fp32, 1 for int8/fp8."""
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
+                        ("seq_len", seq_len), ("batch", batch), ("bytes_per_value", bytes_per_value)):
+        chk.positive_int(name, value)
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value

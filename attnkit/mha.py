@@ -69,12 +69,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache: KVCache | None = None, return_weights: bool = False):
+                cache: KVCache | None = None, return_weights: bool = False, position: int | None = None):
         """Attend from ``x (B, Nq, D)`` to ``context (B, Nk, kdim)`` (default: ``x`` itself).
 
         ``mask`` is bool, broadcastable to ``(B, H, Nq, Nk)``, ``True`` = may attend, combined
         with the causal mask when ``is_causal``. With a ``cache``, the new keys and values are
         appended and the queries attend to everything cached; ``Nk`` then counts the cache.
+
+        ``position`` is the absolute position of ``x``'s first token for RoPE (default: the
+        number of cached tokens; a streaming cache that evicts needs it explicitly).
 
         Returns ``out (B, Nq, D)``, and the weights ``(B, H, Nq, Nk)`` if ``return_weights``.
         """
@@ -86,7 +89,10 @@ class MultiHeadAttention(nn.Module):
                              "not with a cross-attention context")
         source = x if context is None else chk.tensor("context", context, ndim=3, floating=True)
         B, Nq, _ = x.shape
-        offset = len(cache) if cache is not None else 0  # absolute position of x's first token
+        if position is not None:
+            offset = position
+        else:
+            offset = len(cache) if cache is not None else 0  # absolute position of x's first token
         q = split_heads(self.q_proj(x), self.n_heads)  # (B, H, Nq, d)
         k = split_heads(self.k_proj(source), self.n_kv_heads)  # (B, Hkv, Nk, d)
         v = split_heads(self.v_proj(source), self.n_kv_heads)  # (B, Hkv, Nk, d)

@@ -16,6 +16,7 @@ from .basics import check_dot_product_scores, check_scaled_dot_product_attention
 from .heads import check_merge_heads, check_multi_head_attention, check_split_heads
 from .inference import check_decode_step, check_grouped_query_attention, check_repeat_kv
 from .masks import check_causal_mask, check_padding_mask
+from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 
 CHECKS = {
@@ -35,4 +36,8 @@ CHECKS = {
     "grouped_query_attention": check_grouped_query_attention,
 }
 
-__all__ = ["CHECKS", *(f"check_{name}" for name in CHECKS)]
+# Graded exercises of the notebooks that are not part of the course contract.
+assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
+
+__all__ = ["CHECKS", "NOTEBOOK_CHECKS", *(f"check_{name}" for name in CHECKS), "check_induction_score",
+           "check_decoder_block"]
