@@ -271,3 +271,77 @@ class QueryExplorer(Explorer):
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         return fig
+
+
+class RopeExplorer(Explorer):
+    """RoPE on one feature pair: a query at position m and a key at position n, each turned
+    by its position times the pair's frequency; their dot product depends on n - m only."""
+
+    title = "Rotary position embedding, one feature pair"
+
+    def __init__(self, q=(1.0, 0.3), k=(0.8, -0.5), theta: float = 10000.0, d: int = 8):
+        import ipywidgets as w
+        self.q, self.k = torch.tensor(q), torch.tensor(k)
+        self.theta, self.d = theta, d
+        self.controls = {
+            "m": w.IntSlider(value=2, min=0, max=40, description="query pos m"),
+            "n": w.IntSlider(value=5, min=0, max=40, description="key pos n"),
+            "pair": w.IntSlider(value=0, min=0, max=d // 2 - 1, description="pair i"),
+        }
+        self._wire()
+
+    @staticmethod
+    def _rotate(v, angle):
+        c, s = math.cos(angle), math.sin(angle)
+        return torch.tensor([c * v[0] - s * v[1], s * v[0] + c * v[1]])
+
+    def compute(self) -> None:
+        m, n, i = (self.controls[k].value for k in ("m", "n", "pair"))
+        freq = self.theta ** (-2 * i / self.d)
+        qm, kn = self._rotate(self.q, m * freq), self._rotate(self.k, n * freq)
+        self.state = {"q_rotated": qm, "k_rotated": kn, "score": float(qm @ kn),
+                      "score_at_offset_only": float(self.q @ self._rotate(self.k, (n - m) * freq))}
+
+    def draw(self):
+        from matplotlib.patches import Circle
+
+        fig, ax = _figure(4.6, 4.4)
+        for vec, color, label in ((self.state["q_rotated"], "tab:red", "q at m"),
+                                  (self.state["k_rotated"], "tab:blue", "k at n")):
+            ax.arrow(0, 0, float(vec[0]), float(vec[1]), head_width=0.05, color=color, length_includes_head=True)
+            ax.annotate(label, (float(vec[0]), float(vec[1])), color=color)
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, ls=":", color="gray"))
+        ax.set(xlim=(-1.3, 1.3), ylim=(-1.3, 1.3), aspect="equal",
+               title=f"score {self.state['score']:.3f}  (n - m = {self.controls['n'].value - self.controls['m'].value})")
+        fig.tight_layout()
+        return fig
+
+
+class CurveExplorer(Explorer):
+    """Pick one of several precomputed curves (e.g. loss per position under different caches)."""
+
+    title = "Compare"
+
+    def __init__(self, curves: dict, xlabel: str = "", ylabel: str = "", title: str = ""):
+        import ipywidgets as w
+        if not curves:
+            raise ValueError("CurveExplorer needs at least one curve")
+        self.curves = {name: (list(map(float, x)), list(map(float, y))) for name, (x, y) in curves.items()}
+        self.xlabel, self.ylabel, self.title = xlabel, ylabel, title or self.title
+        names = list(self.curves)
+        self.controls = {"curve": w.Dropdown(options=names, value=names[0], description="show")}
+        self._wire()
+
+    def compute(self) -> None:
+        x, y = self.curves[self.controls["curve"].value]
+        self.state = {"x": x, "y": y, "mean": sum(y) / len(y)}
+
+    def draw(self):
+        fig, ax = _figure(7.0, 3.4)
+        for name, (x, y) in self.curves.items():
+            ax.plot(x, y, color="lightgray", lw=1)
+        ax.plot(self.state["x"], self.state["y"], lw=2, label=f"{self.controls['curve'].value} (mean {self.state['mean']:.3f})")
+        ax.set(xlabel=self.xlabel, ylabel=self.ylabel, title=self.title)
+        ax.legend()
+        fig.tight_layout()
+        return fig

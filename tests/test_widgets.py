@@ -62,7 +62,8 @@ def test_similarity_explorer_cosine_ignores_length():
     torch.testing.assert_close(e.state["dot"], 2 * dot)
 
 
-@pytest.mark.parametrize("make", [W.TemperatureExplorer, W.MaskBuilder, W.QueryExplorer, W.SimilarityExplorer,
+@pytest.mark.parametrize("make", [W.TemperatureExplorer, W.MaskBuilder, W.QueryExplorer, W.SimilarityExplorer, W.RopeExplorer,
+                                  lambda: W.CurveExplorer({"a": ([0, 1], [1, 2])}),
                                   lambda: W.HeadSelector(torch.softmax(torch.randn(2, 3, 3), -1))])
 def test_static_fallback_draws_a_figure(make, monkeypatch):
     import matplotlib
@@ -89,3 +90,24 @@ def test_frontend_detection(monkeypatch):
     assert W.has_frontend() is False  # plain python: no kernel
     monkeypatch.setenv("ATTNKIT_WIDGETS", "1")
     assert W.has_frontend() is True
+
+
+def test_rope_explorer_score_depends_on_offset_only():
+    e = W.RopeExplorer()
+    e.controls["m"].value, e.controls["n"].value = 3, 10
+    s1 = e.state["score"]
+    e.controls["m"].value, e.controls["n"].value = 20, 27
+    assert abs(e.state["score"] - s1) < 1e-5 and abs(e.state["score"] - e.state["score_at_offset_only"]) < 1e-5
+    before = e.state["score"]
+    _ = e.controls["n"].value
+    e.controls["n"].value = 30
+    assert abs(e.state["score"] - before) > 1e-4
+
+
+def test_curve_explorer_switches_curves():
+    e = W.CurveExplorer({"a": ([0, 1], [1.0, 2.0]), "b": ([0, 1], [3.0, 5.0])})
+    assert e.state["mean"] == 1.5
+    e.controls["curve"].value = "b"
+    assert e.state["mean"] == 4.0 and e.updates == 1
+    with pytest.raises(ValueError):
+        W.CurveExplorer({})
