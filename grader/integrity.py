@@ -3,7 +3,7 @@
 Before any student code runs, the grader imports the assertion helpers (``numpy.testing``,
 ``torch.testing``, ``attnkit.checks`` and the reference modules) into the fresh kernel and
 takes a fingerprint: the identity of every function and class they expose, of every
-builtin, of ``torch`` and ``torch.Tensor`` attributes, of the IPython machinery that
+builtin, of the ``torch`` functions assertions use and of ``torch.Tensor``'s attributes, of the IPython machinery that
 decides whether a cell failed (``run_cell``, ``showtraceback``, input and AST transformers,
 event callbacks) and of ``sys`` hooks (trace, profile, excepthook). The same fingerprint is
 taken again just before and just after every test cell, and compared *outside* the kernel.
@@ -22,13 +22,18 @@ import json
 import secrets
 
 WATCHED_MODULES = (
-    "numpy", "numpy.testing", "torch", "torch.testing", "torch.nn.functional",
+    "numpy", "numpy.testing", "torch.testing", "torch.nn.functional",
     "attnkit", "attnkit.checks", "attnkit.checks._harness", "attnkit.checks.basics",
     "attnkit.checks.masks", "attnkit.checks.heads", "attnkit.checks.positions",
     "attnkit.checks.inference", "attnkit.softmax", "attnkit.attention", "attnkit.similarity",
     "attnkit.masks", "attnkit.heads", "attnkit.rope", "attnkit.alibi", "attnkit.gqa",
     "attnkit.kv_cache", "attnkit.positions", "attnkit.mha",
 )
+# torch itself rewrites some of its own attributes lazily (importing torch._dynamo wraps
+# torch.manual_seed), so only the functions assertions lean on are watched there.
+TORCH_FUNCTIONS = ("allclose", "equal", "isclose", "isnan", "isinf", "isfinite", "all", "any", "abs", "max",
+                   "min", "sum", "mean", "exp", "log", "softmax", "tensor", "as_tensor", "zeros", "ones", "full",
+                   "randn", "rand", "arange", "stack", "cat", "where", "matmul", "einsum", "testing", "Tensor")
 SHELL_METHODS = ("run_cell", "run_cell_async", "run_ast_nodes", "run_code", "showtraceback",
                  "_showtraceback", "showsyntaxerror", "transform_cell", "should_run_async",
                  "_run_cell", "get_exception_only")
@@ -59,6 +64,9 @@ def {fn}():
         if callable(value) and attr not in ("_", "__", "___"):
             add("builtins." + attr, value)
     import torch
+    prints["module torch"] = "%x" % id(sys.modules.get("torch"))
+    for attr in {torch_functions!r}:
+        add("torch." + attr, getattr(torch, attr, None))
     for attr, value in list(vars(torch.Tensor).items()):
         if callable(value):
             add("torch.Tensor." + attr, value)
@@ -108,7 +116,7 @@ class Fingerprinter:
     def __init__(self):
         self.fn = "_attn_grade_fp_" + secrets.token_hex(8)
         self.define = _SNAPSHOT.format(fn=self.fn, modules=WATCHED_MODULES, shell_methods=SHELL_METHODS,
-                                       kernel_methods=KERNEL_METHODS)
+                                       kernel_methods=KERNEL_METHODS, torch_functions=TORCH_FUNCTIONS)
 
     def code(self) -> str:
         """Code to execute: (re)defines the function, so a replaced copy in the kernel is ignored."""
