@@ -18,7 +18,16 @@ import tempfile
 
 from traitlets.config import Config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+def _course_root() -> pathlib.Path:
+    """The course checkout: ``$ATTN_COURSE_ROOT``, else this package's parent (an editable
+    install, as requirements.txt makes), else the current folder."""
+    if os.environ.get("ATTN_COURSE_ROOT"):
+        return pathlib.Path(os.environ["ATTN_COURSE_ROOT"]).resolve()
+    beside = pathlib.Path(__file__).resolve().parents[1]
+    return beside if (beside / "solutions").is_dir() else pathlib.Path.cwd().resolve()
+
+
+REPO = _course_root()
 SOLUTIONS = REPO / "solutions"
 NOTEBOOKS = REPO / "notebooks"
 # nbgrader's course id. SQLite does not enforce it, PostgreSQL does (assignments reference it).
