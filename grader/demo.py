@@ -23,13 +23,8 @@ DEMO_ASSIGNMENT = "01_dot_products"
 def _submissions(root: pathlib.Path, source, template) -> pathlib.Path:
     subs = root / "submitted"
 
-    def put(student: str, name: str, nb=None, text: str | None = None) -> None:
-        folder = subs / student
-        folder.mkdir(parents=True, exist_ok=True)
-        if nb is not None:
-            nbformat.write(nb, folder / name)
-        elif text is not None:
-            (folder / name).write_text(text)
+    def put(student, name, nb=None, text=None):
+        nbs.write_submission(subs, student, name, nb, text)
 
     name = f"{DEMO_ASSIGNMENT}.ipynb"
     put("ada", name, nbs.as_student_answer(template, source))

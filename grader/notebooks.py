@@ -51,30 +51,40 @@ def points(cell) -> float:
         return 0.0
 
 
-def strip_hidden(source: str) -> str:
-    """The source with hidden-test regions removed (what a student may see)."""
-    kept, hidden = [], False
+def _regions(source: str):
+    """Yield ``(line, hidden)`` for every line outside the BEGIN/END HIDDEN TESTS markers."""
+    hidden = False
     for line in source.split("\n"):
         if HIDDEN_BEGIN in line:
             hidden = True
         elif HIDDEN_END in line:
             hidden = False
-        elif not hidden:
-            kept.append(line)
-    return "\n".join(kept)
+        else:
+            yield line, hidden
+
+
+def strip_hidden(source: str) -> str:
+    """The source with hidden-test regions removed (what a student may see)."""
+    return "\n".join(line for line, hidden in _regions(source) if not hidden)
 
 
 def hidden_lines(source: str) -> list[str]:
     """The non-trivial lines inside hidden-test regions (to scrub from feedback)."""
-    lines, hidden = [], False
-    for line in source.split("\n"):
-        if HIDDEN_BEGIN in line:
-            hidden = True
-        elif HIDDEN_END in line:
-            hidden = False
-        elif hidden and len(line.strip()) >= 6:
-            lines.append(line.strip())
-    return lines
+    return [line.strip() for line, hidden in _regions(source) if hidden and len(line.strip()) >= 6]
+
+
+def write_submission(root: pathlib.Path, student: str, name: str, nb: NotebookNode | None = None,
+                     text: str | None = None, raw: bytes | None = None) -> pathlib.Path:
+    """Put one student's file in ``root/student/name`` (a notebook, text or bytes); return the folder."""
+    folder = root / student
+    folder.mkdir(parents=True, exist_ok=True)
+    if nb is not None:
+        nbformat.write(nb, folder / name)
+    elif text is not None:
+        (folder / name).write_text(text)
+    elif raw is not None:
+        (folder / name).write_bytes(raw)
+    return folder
 
 
 def read_submission(path: pathlib.Path) -> NotebookNode:

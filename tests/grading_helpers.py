@@ -34,16 +34,7 @@ def cell_index(nb, gid):
     return next(i for i, c in enumerate(nb.cells) if nbs.grade_id(c) == gid)
 
 
-def put(root: pathlib.Path, student: str, name: str, nb=None, text=None, raw: bytes | None = None):
-    folder = root / student
-    folder.mkdir(parents=True, exist_ok=True)
-    if nb is not None:
-        nbformat.write(nb, folder / name)
-    elif text is not None:
-        (folder / name).write_text(text)
-    elif raw is not None:
-        (folder / name).write_bytes(raw)
-    return folder
+put = nbs.write_submission
 
 
 def deep(nb):
