@@ -135,7 +135,7 @@ def _run(student_id, built, source, workspace, ipc, policy, limits, start) -> Re
                 notes.append(f"cell {label} exceeded {min(limits.cell_timeout, remaining):.0f} s and was "
                              + ("interrupted" if r.status == "timeout" else "killed (it ignored the interrupt)"))
             elif r.status == "dead":
-                notes.append(f"the kernel died in cell {label}" + _memory_hint(r))
+                notes.append(f"the kernel died in cell {label}")
             if test:
                 ok = r.status == "ok" and not changes
                 tampered.extend(changes)
@@ -162,10 +162,6 @@ def _run(student_id, built, source, workspace, ipc, policy, limits, start) -> Re
         return result
     finally:
         k.shutdown()
-
-
-def _memory_hint(r: kernel.CellResult) -> str:
-    return " (out of memory?)" if "MemoryError" in r.ename else ""
 
 
 def _record_not_run(result: Result, cells) -> None:

@@ -104,8 +104,8 @@ def test_notebook_checkers_accept_correct_code(capsys):
 
 
 @pytest.mark.parametrize("fn,words", [
-    (lambda w, p: _ind_ok(w, p + 1) if False else w[:, :, torch.arange(p + 1, w.shape[-1]),
-                                                     torch.arange(p + 1, w.shape[-1]) - p].mean((0, 2)), "off by one"),
+    (lambda w, p: w[:, :, torch.arange(p + 1, w.shape[-1]), torch.arange(p + 1, w.shape[-1]) - p].mean((0, 2)),
+     "off by one"),
     (lambda w, p: w[:, :, torch.arange(1, w.shape[-1]), torch.arange(0, w.shape[-1] - 1)].mean((0, 2)), "previous-token"),
     (lambda w, p: w[:, :, torch.arange(p + 1, w.shape[-1]), torch.arange(2, w.shape[-1] - p + 1)].mean((1, 2)), "shape (H,)"),
     (attnkit.induction_score, "calls"),
