@@ -16,7 +16,10 @@ from .gqa import grouped_query_attention, repeat_kv
 from .heads import merge_heads, multi_head_attention, split_heads
 from .kv_cache import KVCache, decode_step, kv_cache_bytes
 from .induction import induction_score, previous_token_score
-from .masks import causal_mask, padding_mask
+from .flash import FlashAttention, flash_attention_backward, flash_attention_forward
+from .linear import linear_attention
+from .masks import causal_mask, padding_mask, sliding_window_mask
+from .online_softmax import online_softmax
 from .mha import MultiHeadAttention
 from .model import Block, DecoderConfig, MLP, TinyDecoder, generate
 from .positions import sinusoidal_positions
@@ -29,6 +32,8 @@ from .env import report
 __version__ = "0.1.0"
 
 __all__ = [
+    "FlashAttention", "flash_attention_backward", "flash_attention_forward", "linear_attention", "online_softmax",
+    "sliding_window_mask",
     "AdditiveAttention", "Block", "DecoderConfig", "KVCache", "MLP", "MultiHeadAttention",
     "TinyDecoder", "additive_attention", "additive_scores", "alibi_bias", "alibi_slopes",
     "apply_rope", "apply_rope_complex", "causal_mask", "cosine_scores", "decode_step",

@@ -43,3 +43,16 @@ def padding_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
                          f"and max {int(lengths.max())} for lengths of shape {chk.shape_str(lengths)}")
     positions = torch.arange(n, device=lengths.device)  # (n,)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, n)
+
+
+def sliding_window_mask(n_q: int, n_k: int, window: int) -> torch.Tensor:
+    """``(n_q, n_k)`` bool: key ``j`` allowed iff ``i' - window < j <= i'``, ``i' = i + n_k - n_q``.
+
+    Each query sees itself and the ``window - 1`` keys before it (Longformer, Beltagy et al.
+    2020; Mistral's sliding-window attention).
+    """
+    window = chk.positive_int("window", window)
+    allowed = causal_mask(n_q, n_k)  # (Nq, Nk): j <= i'
+    i = torch.arange(n_q).unsqueeze(1) + (n_k - n_q)  # (Nq, 1) absolute query positions
+    j = torch.arange(n_k).unsqueeze(0)  # (1, Nk)
+    return allowed & (j > i - window)  # (Nq, Nk)
