@@ -35,9 +35,7 @@ CONTRACT = {
     "sliding_window_mask": [("n_q", E), ("n_k", E), ("window", E)],
     "linear_attention": [("q", E), ("k", E), ("v", E), ("causal", False)],
 }
-# Exercises whose checkers are still to come (issue 6); their references and signatures are here.
-PENDING_CHECKERS = {"online_softmax", "flash_attention_forward", "flash_attention_backward", "sliding_window_mask",
-                    "linear_attention"}
+
 
 
 @pytest.mark.parametrize("name", CONTRACT)
@@ -45,7 +43,7 @@ def test_contract_signature(name):
     params = [p for p in inspect.signature(getattr(attnkit, name)).parameters.values()
               if p.kind is not p.KEYWORD_ONLY]  # extras must be keyword-only
     assert [(p.name, p.default) for p in params] == CONTRACT[name]
-    assert name in attnkit.__all__ and (name in CHECKS or name in PENDING_CHECKERS)
+    assert name in attnkit.__all__ and name in CHECKS
 
 
 def test_rope_half_split_is_a_documented_keyword():

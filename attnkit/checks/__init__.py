@@ -13,6 +13,8 @@ or a library shortcut for the concept being taught is rejected too.
 """
 
 from .basics import check_dot_product_scores, check_scaled_dot_product_attention, check_softmax
+from .efficient import (check_flash_attention_backward, check_flash_attention_forward, check_linear_attention,
+                        check_online_softmax, check_sliding_window_mask)
 from .heads import check_merge_heads, check_multi_head_attention, check_split_heads
 from .inference import check_decode_step, check_grouped_query_attention, check_repeat_kv
 from .masks import check_causal_mask, check_padding_mask
@@ -34,6 +36,11 @@ CHECKS = {
     "decode_step": check_decode_step,
     "repeat_kv": check_repeat_kv,
     "grouped_query_attention": check_grouped_query_attention,
+    "online_softmax": check_online_softmax,
+    "flash_attention_forward": check_flash_attention_forward,
+    "flash_attention_backward": check_flash_attention_backward,
+    "sliding_window_mask": check_sliding_window_mask,
+    "linear_attention": check_linear_attention,
 }
 
 # Graded exercises of the notebooks that are not part of the course contract.

@@ -57,6 +57,7 @@ class Ban:
     aten: tuple[str, ...] = ()
     python: tuple[Callable, ...] = ()
     hint: str = ""
+    forbid_shape: tuple[int, int] | None = None  # no torch result may end in this (Nq, Nk) shape
 
 
 class _FunctionSpy(TorchFunctionMode):
@@ -73,7 +74,11 @@ class _FunctionSpy(TorchFunctionMode):
                 self.seen.append(name)
         elif self.ban.aten and name.startswith(self.ban.aten):
             self.seen.append(name)
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        shape = self.ban.forbid_shape
+        if shape is not None and isinstance(result, torch.Tensor) and tuple(result.shape[-2:]) == shape:
+            self.seen.append(f"{name} (it builds a full {shape[0]} x {shape[1]} score matrix)")
+        return result
 
 
 class _Spy:
@@ -95,7 +100,7 @@ class _Spy:
 
     def __enter__(self):
         self._modes = []
-        if self.ban.functions or self.ban.aten:
+        if self.ban.functions or self.ban.aten or self.ban.forbid_shape:
             self._modes.append(_FunctionSpy(self.ban, self.seen))
         for mode in self._modes:
             mode.__enter__()
