@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _validate as chk
 from .attention import check_qkv
 
 
@@ -24,7 +23,7 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """``(..., Nq, dv)``: ``phi(q_i)^T S / phi(q_i)^T z`` with ``S = sum_j phi(k_j) v_j^T``,
     ``z = sum_j phi(k_j)``; with ``causal``, the sums run over ``j <= i + Nk - Nq`` only."""
-    batch = check_qkv(q, k, v, "linear_attention")
+    check_qkv(q, k, v, "linear_attention")
     fq, fk = feature_map(q), feature_map(k)  # (..., Nq, d), (..., Nk, d)
     if not causal:
         S = fk.transpose(-2, -1) @ v  # (..., d, dv)

@@ -65,8 +65,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp or 4 * cfg.d_model)
 
-    def forward(self, x, cache: KVCache | None = None, return_weights: bool = False):
-        a = self.attn(self.ln1(x), is_causal=True, cache=cache, return_weights=return_weights)
+    def forward(self, x, cache: KVCache | None = None, return_weights: bool = False, position: int | None = None):
+        a = self.attn(self.ln1(x), is_causal=True, cache=cache, return_weights=return_weights, position=position)
         a, weights = a if return_weights else (a, None)
         x = x + a  # (B, N, D)
         x = x + self.mlp(self.ln2(x))  # (B, N, D)
@@ -95,15 +95,16 @@ class TinyDecoder(nn.Module):
         return [blk.attn.new_cache(batch, max_len or self.cfg.max_len) for blk in self.blocks]
 
     def forward(self, tokens: torch.Tensor, caches: list[KVCache] | None = None,
-                return_weights: bool = False):
+                return_weights: bool = False, position: int | None = None):
         """``tokens (B, N)`` int -> logits ``(B, N, vocab)``; with ``caches``, ``tokens`` continue the cached ones.
 
         With ``return_weights``, also the attention weights of every layer, a list of
-        ``(B, H, N, Nk)`` tensors.
+        ``(B, H, N, Nk)`` tensors. ``position`` is the absolute position of the first token
+        (default: the number of cached tokens; a cache that evicts needs it explicitly).
         """
         chk.integer_tensor("tokens", tokens, ndim=2)
         B, N = tokens.shape
-        offset = len(caches[0]) if caches else 0
+        offset = position if position is not None else (len(caches[0]) if caches else 0)
         if offset + N > self.cfg.max_len:
             raise ValueError(f"sequence of {offset + N} tokens (cached {offset} + new {N}) exceeds "
                              f"max_len={self.cfg.max_len}")
@@ -116,10 +117,10 @@ class TinyDecoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
             if return_weights:
-                x, w = blk(x, cache, return_weights=True)
+                x, w = blk(x, cache, return_weights=True, position=offset)
                 all_weights.append(w)
             else:
-                x = blk(x, cache)
+                x = blk(x, cache, position=offset)
         logits = self.head(self.ln_f(x))  # (B, N, vocab)
         return (logits, all_weights) if return_weights else logits
 

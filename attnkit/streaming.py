@@ -44,22 +44,11 @@ def streaming_loss(model, tokens: torch.Tensor, window: int | None, sinks: int =
     caches = model.new_caches(B, N + 1)
     losses = []
     for t in range(N - 1):
-        offset = t  # absolute position of this token, whatever the cache holds
-        logits = _step(model, tokens[:, t:t + 1], caches, offset)  # (B, 1, vocab)
+        # the absolute position of this token, whatever the cache still holds
+        logits = model(tokens[:, t:t + 1], caches, position=t)  # (B, 1, vocab)
         losses.append(F.cross_entropy(logits[:, 0], tokens[:, t + 1], reduction="none"))
         if window is not None:
             for cache in caches:
                 _evict(cache, window, sinks)
     return torch.stack(losses, dim=1)  # (B, N-1)
 
-
-def _step(model, token, caches, position):
-    """One decoding step at an explicit absolute position (the cache length may be smaller)."""
-    x = model.tok_emb(token)  # (B, 1, D)
-    if model.pos_emb is not None:
-        x = x + model.pos_emb[position:position + 1]
-    for blk, cache in zip(model.blocks, caches):
-        h = blk.ln1(x)
-        x = x + blk.attn(h, is_causal=True, cache=cache, position=position)
-        x = x + blk.mlp(blk.ln2(x))
-    return model.head(model.ln_f(x))

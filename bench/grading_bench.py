@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{args.students} submissions of {args.assignment}, {os.cpu_count()} CPU cores")
-    print(f"| grader | sandbox | jobs | seconds | s/student |")
-    print(f"|---|---|---|---|---|")
+    print("| grader | sandbox | jobs | seconds | s/student |")
+    print("|---|---|---|---|---|")
     print(f"| attn-grade autograde | {mode} | {args.jobs} | {ours:.1f} | {ours / args.students:.2f} |")
     print(f"| nbgrader autograde | none | 1 | {theirs:.1f} | {theirs / args.students:.2f} |")
     print(f"\nspeed-up: {theirs / ours:.2f}x")

@@ -24,7 +24,6 @@ from multiprocessing.connection import wait
 import nbformat
 
 from . import course, feedback, grade, release, sandbox
-from . import notebooks as nbs
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
 _COPY_PATTERNS = [r"^copy of\s+", r"\s*\(\d+\)$", r"[-_ ]copy\d*$", r"\s+copy$"]

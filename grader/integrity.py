@@ -70,23 +70,20 @@ def {fn}():
     for attr, value in list(vars(torch.Tensor).items()):
         if callable(value):
             add("torch.Tensor." + attr, value)
-    shell = get_ipython()
-    for cls in type(shell).__mro__:
-        for attr in {shell_methods!r}:
-            if attr in vars(cls):
-                add("%s.%s" % (cls.__name__, attr), vars(cls)[attr])
-    for attr in {shell_methods!r}:
-        if attr in vars(shell):
-            prints["shell instance override " + attr] = "%x" % id(vars(shell)[attr])
-    kernel = getattr(shell, "kernel", None)
-    if kernel is not None:
-        for cls in type(kernel).__mro__:
-            for attr in {kernel_methods!r}:
+    def watch_methods(obj, methods, kind):
+        for cls in type(obj).__mro__:
+            for attr in methods:
                 if attr in vars(cls):
                     add("%s.%s" % (cls.__name__, attr), vars(cls)[attr])
-        for attr in {kernel_methods!r}:
-            if attr in vars(kernel):
-                prints["kernel instance override " + attr] = "%x" % id(vars(kernel)[attr])
+        for attr in methods:
+            if attr in vars(obj):
+                prints["%s instance override %s" % (kind, attr)] = "%x" % id(vars(obj)[attr])
+
+    shell = get_ipython()
+    watch_methods(shell, {shell_methods!r}, "shell")
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        watch_methods(kernel, {kernel_methods!r}, "kernel")
     manager = getattr(shell, "input_transformer_manager", None)
     transformers = [getattr(shell, "input_transformers_post", [])]
     for attr in ("cleanup_transforms", "line_transforms", "token_transformers"):

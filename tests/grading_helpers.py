@@ -1,7 +1,6 @@
 """Building submissions of a real course notebook for the grader tests."""
 
 import copy
-import pathlib
 
 import nbformat
 

@@ -6,8 +6,6 @@ try something forbidden and sabotage themselves when it works.
 """
 
 import csv
-import json
-import os
 import socket
 import subprocess
 import threading

@@ -1,7 +1,6 @@
 """attn-grade release: one source, reproducible student notebooks, drift detected."""
 
 import json
-import pathlib
 import shutil
 
 import nbformat

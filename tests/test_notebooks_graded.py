@@ -1,7 +1,6 @@
 """For every notebook: the solution passes all its tests (hidden ones too) and earns full
 marks when autograded as a pretend student; the untouched student notebook earns nothing."""
 
-import pathlib
 
 import nbformat
 import pytest

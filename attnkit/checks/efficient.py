@@ -69,8 +69,9 @@ def check_flash_attention_forward(fn) -> str:
     g = gen(91)
     cases = [("40 queries x 48 keys, blocks 16", 40, 48, False, 16, 16), ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8),
              ("ragged: 37 x 37, blocks 16", 37, 37, True, 16, 16), ("causal, 12 new queries after 36 keys", 12, 48, True, 8, 16)]
+    c = Checker("flash_attention_forward", fn)
     for label, nq, nk, causal, bq, bk in cases:
-        c = Checker("flash_attention_forward", fn, _flash_ban(nq, nk))
+        c.ban = _flash_ban(nq, nk)  # the forbidden full-matrix shape changes with the case
         q, k, v = randn(g, 2, 2, nq, 8), randn(g, 2, 2, nk, 8), randn(g, 2, 2, nk, 6)
         got = c.call(label, q, k, v, causal, bq, bk)
         if not (isinstance(got, tuple) and len(got) == 2):
@@ -82,7 +83,6 @@ def check_flash_attention_forward(fn) -> str:
         ])
         c.expect(label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, wrong=[
             (_naive(q, k, v, causal, base=2)[1], "lse is in base 2; the contract asks for the natural log"),
-            (want_lse - (want_lse - _naive(q, k, v, causal)[1]), "lse is wrong"),
         ])
     return c.passed("ragged tiles, causal with Nq != Nk, no full score matrix")
 
@@ -90,8 +90,9 @@ def check_flash_attention_forward(fn) -> str:
 def check_flash_attention_backward(fn) -> str:
     """Check ``fn(q, k, v, out, lse, d_out, is_causal=False) -> (dq, dk, dv)`` against autograd."""
     g = gen(92)
+    c = Checker("flash_attention_backward", fn)
     for label, nq, nk, causal in [("24 x 30", 24, 30, False), ("causal 24 x 24", 24, 24, True), ("causal 10 x 30", 10, 30, True)]:
-        c = Checker("flash_attention_backward", fn, _flash_ban(nq, nk))
+        c.ban = _flash_ban(nq, nk)
         q, k, v = (randn(g, 1, 2, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
         d_out = randn(g, 1, 2, nq, 8, dtype=torch.float64)
         out, lse = _naive(q, k, v, causal)
