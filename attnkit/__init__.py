@@ -17,7 +17,10 @@ from .heads import merge_heads, multi_head_attention, split_heads
 from .kv_cache import KVCache, decode_step, kv_cache_bytes
 from .induction import induction_score, previous_token_score
 from .flash import FlashAttention, flash_attention_backward, flash_attention_forward
-from .linear import linear_attention
+from .linear import linear_attention, linear_attention_chunked, linear_attention_recurrent
+from .chunked import chunked_attention
+from .sparse import bigbird_layout, block_sparse_attention, sliding_window_attention
+from .approx import linformer_attention, performer_attention
 from .masks import causal_mask, padding_mask, sliding_window_mask
 from .online_softmax import online_softmax
 from .mha import MultiHeadAttention
@@ -33,7 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FlashAttention", "flash_attention_backward", "flash_attention_forward", "linear_attention", "online_softmax",
-    "sliding_window_mask",
+    "sliding_window_mask", "chunked_attention", "sliding_window_attention", "block_sparse_attention", "bigbird_layout",
+    "linear_attention_chunked", "linear_attention_recurrent", "performer_attention", "linformer_attention",
     "AdditiveAttention", "Block", "DecoderConfig", "KVCache", "MLP", "MultiHeadAttention",
     "TinyDecoder", "additive_attention", "additive_scores", "alibi_bias", "alibi_slopes",
     "apply_rope", "apply_rope_complex", "causal_mask", "cosine_scores", "decode_step",
