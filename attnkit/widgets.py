@@ -345,3 +345,77 @@ class CurveExplorer(Explorer):
         ax.legend()
         fig.tight_layout()
         return fig
+
+
+class OnlineSoftmaxStepper(Explorer):
+    """Step through a row block by block: the running max ``m``, the running sum ``l`` and the
+    rescale factor ``exp(m_old - m_new)`` applied to the sum whenever the max grows."""
+
+    title = "Online softmax, one block at a time"
+
+    def __init__(self, x: torch.Tensor | None = None, block_size: int = 3, step: int = 2):
+        import ipywidgets as w
+        if x is None:
+            x = torch.tensor([0.5, 1.0, -0.3, 0.2, 2.5, 0.1, -1.0, 3.1, 0.4, 1.2, -0.5, 0.8])
+        if not isinstance(x, torch.Tensor) or x.ndim != 1 or len(x) < 2:
+            raise ValueError(f"OnlineSoftmaxStepper needs a 1-D tensor with at least 2 entries, got {x!r}")
+        self.x = x.detach().double()
+        sizes = [b for b in (1, 2, 3, 4, 6) if b < len(self.x)] or [1]
+        block_size = block_size if block_size in sizes else sizes[-1]
+        self.controls = {
+            "block_size": w.Dropdown(options=sizes, value=block_size, description="block size"),
+            "step": w.IntSlider(value=0, min=0, max=self._n_blocks(block_size), description="blocks seen"),
+        }
+        self.controls["step"].value = min(step, self.controls["step"].max)
+        self._wire()
+
+    def _n_blocks(self, block_size):
+        return -(-len(self.x) // block_size)
+
+    def compute(self) -> None:
+        b = self.controls["block_size"].value
+        slider = self.controls["step"]
+        if slider.max != self._n_blocks(b):  # a new block size: re-range the slider
+            slider.max = self._n_blocks(b)
+        t = min(slider.value, slider.max)
+        m, l, history = float("-inf"), 0.0, []
+        for i in range(t):
+            block = self.x[i * b:(i + 1) * b]
+            m_new = max(m, float(block.max()))
+            alpha = math.exp(m - m_new) if m != float("-inf") else 0.0
+            l = l * alpha + float(torch.exp(block - m_new).sum())
+            history.append({"m": m_new, "l": l, "alpha": alpha, "max_moved": m_new > m})
+            m = m_new
+        seen = min(t * b, len(self.x))
+        partial = torch.exp(self.x[:seen] - m) / l if seen else self.x[:0]
+        self.state = {"block_size": b, "step": t, "seen": seen, "m": m, "l": l, "history": history,
+                      "partial": partial, "final": softmax(self.x), "done": seen == len(self.x)}
+
+    def draw(self):
+        s = self.state
+        fig, (ax1, ax2) = _figure(9.0, 3.2, ncols=2)
+        n, b = len(self.x), s["block_size"]
+        colors = ["tab:blue" if j < s["seen"] - b or s["step"] == 0 else "tab:orange" for j in range(n)]
+        colors = [c if j < s["seen"] else "lightgray" for j, c in enumerate(colors)]
+        ax1.bar(range(n), self.x.tolist(), color=colors)
+        if s["step"]:
+            ax1.axhline(s["m"], color="tab:red", ls="--", lw=1, label=f"running max m = {s['m']:.2f}")
+            last = s["history"][-1]
+            note = (f"l = {last['l']:.3f}; the max moved, so the old sum was x{last['alpha']:.3f}"
+                    if last["max_moved"] and s["step"] > 1 else f"l = {last['l']:.3f}")
+            ax1.set_title(note, fontsize=9)
+            ax1.legend(fontsize=8, loc="lower left")
+        for edge in range(b, n, b):
+            ax1.axvline(edge - 0.5, color="k", lw=0.5, alpha=0.3)
+        ax1.set(xlabel="position (orange: the block just read)", ylabel="x")
+        ax2.bar(range(n), s["final"].tolist(), color="lightgray", label="softmax of the whole row")
+        if s["seen"]:
+            ax2.bar(range(s["seen"]), s["partial"].tolist(), width=0.5, color="tab:blue",
+                    label="exp(x - m) / l so far")
+        ax2.set(xlabel="position", ylabel="probability",
+                title="final" if s["done"] else f"{s['seen']} of {n} read: the seen part over-weighted", )
+        ax2.title.set_fontsize(9)
+        ax2.legend(fontsize=8)
+        fig.suptitle(self.title, fontsize=10)
+        fig.tight_layout()
+        return fig

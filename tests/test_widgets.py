@@ -1,6 +1,8 @@
 """Widget callbacks exercised from Python: set a value, the state behind the picture changes;
 and the static fallback draws a figure where no front end exists."""
 
+import math
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def test_similarity_explorer_cosine_ignores_length():
 
 
 @pytest.mark.parametrize("make", [W.TemperatureExplorer, W.MaskBuilder, W.QueryExplorer, W.SimilarityExplorer, W.RopeExplorer,
-                                  lambda: W.CurveExplorer({"a": ([0, 1], [1, 2])}),
+                                  W.OnlineSoftmaxStepper, lambda: W.CurveExplorer({"a": ([0, 1], [1, 2])}),
                                   lambda: W.HeadSelector(torch.softmax(torch.randn(2, 3, 3), -1))])
 def test_static_fallback_draws_a_figure(make, monkeypatch):
     import matplotlib
@@ -111,3 +113,20 @@ def test_curve_explorer_switches_curves():
     assert e.state["mean"] == 4.0 and e.updates == 1
     with pytest.raises(ValueError):
         W.CurveExplorer({})
+
+
+def test_online_softmax_stepper_tracks_the_reference_running_max_and_sum():
+    import attnkit
+    x = torch.tensor([0.3, -1.0, 2.0, 0.5, 4.0, -0.2, 1.0], dtype=torch.float64)
+    e = _exercise(W.OnlineSoftmaxStepper(x, block_size=2, step=0), "step", 2)
+    _, m, l = attnkit.online_softmax(x[:4], 2)  # two blocks of two seen
+    assert e.state["m"] == pytest.approx(float(m)) and e.state["l"] == pytest.approx(float(l))
+    e.controls["step"].value = 3  # the block holding 4.0 raises the max: the sum so far shrinks by exp(2 - 4)
+    assert e.state["history"][-1]["max_moved"] and e.state["history"][-1]["alpha"] == pytest.approx(math.exp(-2.0))
+    e.controls["block_size"].value = 3  # re-ranges the slider: ceil(7 / 3) = 3 blocks
+    assert e.controls["step"].max == 3
+    e.controls["step"].value = 3
+    probs, _, _ = attnkit.online_softmax(x, 3)
+    assert e.state["done"] and torch.allclose(e.state["partial"], probs)
+    with pytest.raises(ValueError, match="1-D"):
+        W.OnlineSoftmaxStepper(torch.zeros(2, 3))
