@@ -13,8 +13,8 @@ attention matrix of a trained model is close to low rank, so project the *sequen
 keys and values from ``Nk`` down to ``r``: ``K' = E K``, ``V' = F V`` with ``E, F (r, Nk)``,
 then ordinary softmax attention over ``r`` mixed keys: ``O(N r d)``. In the paper ``E`` and
 ``F`` are learned; :func:`linformer_projection` gives the random (Johnson-Lindenstrauss)
-start. It ties the model to one sequence length and cannot be causal: a mixed key blends
-past and future positions.
+start, or segment means. It ties the model to one sequence length and cannot be causal: a
+mixed key blends past and future positions.
 
 :func:`approximation_error` measures either against exact attention.
 """
@@ -88,11 +88,25 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_fea
     return kernelised_attention(fq, fk, v, causal)
 
 
-def linformer_projection(n_keys: int, rank: int, *, generator: torch.Generator | None = None,
+def linformer_projection(n_keys: int, rank: int, *, kind: str = "gaussian", generator: torch.Generator | None = None,
                          dtype=torch.float32) -> torch.Tensor:
-    """A random ``(rank, n_keys)`` projection with ``N(0, 1/rank)`` entries (the untrained start)."""
+    """A ``(rank, n_keys)`` projection of the sequence axis.
+
+    ``kind="gaussian"``: ``N(0, 1/rank)`` entries, the random (Johnson-Lindenstrauss) start the
+    paper then trains. ``kind="pool"``: row ``r`` averages a contiguous segment of about
+    ``n_keys / rank`` positions (the pooling variant the paper also tries), so a mixed key is
+    the mean of its neighbours; with ``rank == n_keys`` it is the identity.
+    """
     n_keys, rank = chk.positive_int("n_keys", n_keys), chk.positive_int("rank", rank)
-    return (torch.randn(rank, n_keys, generator=generator, dtype=torch.float64) / math.sqrt(rank)).to(dtype)
+    if kind == "gaussian":
+        return (torch.randn(rank, n_keys, generator=generator, dtype=torch.float64) / math.sqrt(rank)).to(dtype)
+    if kind == "pool":
+        if rank > n_keys:
+            raise ValueError(f"linformer_projection: a pooling projection needs rank <= n_keys, got {rank} > {n_keys}")
+        segment = torch.arange(n_keys) * rank // n_keys  # (Nk,) which segment each position falls in
+        E = (torch.arange(rank).unsqueeze(1) == segment.unsqueeze(0)).to(torch.float64)  # (r, Nk)
+        return (E / E.sum(1, keepdim=True)).to(dtype)
+    raise ValueError(f"linformer_projection: kind must be 'gaussian' or 'pool', got {kind!r}")
 
 
 def linformer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, E: torch.Tensor,

@@ -240,6 +240,16 @@ def test_linformer_is_exact_when_the_projection_only_permutes_keys(g):
     torch.testing.assert_close(linformer_attention(q, k, v, perm), sdpa(q, k, v))
 
 
+def test_pooling_projection_averages_contiguous_segments():
+    E = linformer_projection(10, 4, kind="pool", dtype=torch.float64)
+    torch.testing.assert_close(E.sum(1), torch.ones(4, dtype=torch.float64))  # each row is a mean
+    assert ((E > 0).sum(0) == 1).all()  # each position in exactly one segment
+    assert all(((E[r] > 0).nonzero().diff(dim=0) == 1).all() for r in range(4))  # contiguous
+    torch.testing.assert_close(linformer_projection(7, 7, kind="pool"), torch.eye(7))
+    with pytest.raises(ValueError, match="kind"):
+        linformer_projection(7, 3, kind="learned")
+
+
 def test_linformer_mixes_keys_and_has_the_right_shapes(g):
     q, k, v = qkv(g, NQ, NK)
     E = linformer_projection(NK, 4, generator=g, dtype=torch.float64)
