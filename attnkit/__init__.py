@@ -45,3 +45,24 @@ __all__ = [
     "multi_head_attention", "padding_mask", "repeat_kv", "report", "scaled_dot_product_attention",
     "sinusoidal_positions", "softmax", "split_heads",
 ]
+
+# Triton kernels load on first use (PEP 562), so `import attnkit` never imports triton:
+# name -> the submodule that defines it. Give such a submodule a name different from the
+# function's: importing attnkit.x sets the attribute attnkit.x to the module.
+_LAZY = {
+    "triton_softmax": "fused_softmax",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -152,7 +152,8 @@ CORRECT = {
 
 def test_every_exercise_has_a_checker_and_correct_alternatives():
     from test_efficient_checks import CORRECT as EFFICIENT
-    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT}
+    from test_triton_softmax import CORRECT as TRITON_SOFTMAX
+    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX}
     for name, checker in CHECKS.items():
         assert checker is getattr(checks, f"check_{name}")
         assert callable(getattr(attnkit, name))
@@ -599,7 +600,8 @@ WRONG = [
 
 def test_every_checker_has_at_least_three_known_wrong_implementations():
     from test_efficient_checks import WRONG as EFFICIENT_WRONG
-    everything = WRONG + EFFICIENT_WRONG
+    from test_triton_softmax import WRONG as TRITON_SOFTMAX_WRONG
+    everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG
     counts = {name: sum(1 for n, f, _ in everything if n == name and f is not _stub) for name in CHECKS}
     assert min(counts.values()) >= 3, counts
 

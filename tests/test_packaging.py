@@ -34,6 +34,7 @@ CONTRACT = {
     "flash_attention_backward": [("q", E), ("k", E), ("v", E), ("out", E), ("lse", E), ("d_out", E), ("is_causal", False)],
     "sliding_window_mask": [("n_q", E), ("n_k", E), ("window", E)],
     "linear_attention": [("q", E), ("k", E), ("v", E), ("causal", False)],
+    "triton_softmax": [("x", E)],
 }
 
 
