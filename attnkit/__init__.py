@@ -29,6 +29,7 @@ from .positions import sinusoidal_positions
 from .rope import apply_rope, apply_rope_complex
 from .similarity import cosine_scores, dot_product_scores
 from .softmax import softmax
+from .distributed import RingAttention, merge_partials, ring_attention, run_ring_attention
 
 from .env import report
 
@@ -44,6 +45,7 @@ __all__ = [
     "dot_product_scores", "generate", "induction_score", "kv_cache_bytes", "previous_token_score", "grouped_query_attention", "merge_heads",
     "multi_head_attention", "padding_mask", "repeat_kv", "report", "scaled_dot_product_attention",
     "sinusoidal_positions", "softmax", "split_heads",
+    "RingAttention", "merge_partials", "ring_attention", "run_ring_attention",
 ]
 
 # Triton kernels load on first use (PEP 562), so `import attnkit` never imports triton:

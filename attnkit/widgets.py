@@ -419,3 +419,77 @@ class OnlineSoftmaxStepper(Explorer):
         fig.suptitle(self.title, fontsize=10)
         fig.tight_layout()
         return fig
+
+
+class RingExplorer(Explorer):
+    """Ring attention step by step: the key/value block every rank holds at each step, the
+    query-key pairs scored so far (coloured by the rank that scores them), and the work each
+    rank does at this step (the slowest rank sets the pace of the step)."""
+
+    title = "Ring attention, step by step"
+
+    def __init__(self, world_size: int = 4, n: int = 16):
+        import ipywidgets as w
+        from .distributed import ring
+        ring.segments(n, world_size, "zigzag")  # a clear error if n is too short for either layout
+        self.world_size, self.n = world_size, n
+        self.controls = {
+            "step": w.IntSlider(value=0, min=0, max=world_size - 1, description="step"),
+            "layout": w.Dropdown(options=list(ring.LAYOUTS), value="contiguous", description="layout"),
+            "causal": w.Checkbox(value=True, description="causal"),
+        }
+        self._wire()
+
+    def compute(self) -> None:
+        from .distributed import ring
+        step, layout, causal = (self.controls[k].value for k in ("step", "layout", "causal"))
+        W, n = self.world_size, self.n
+        owner = torch.empty(n, dtype=torch.int64)  # (N,) the rank holding each position
+        for rank, held in enumerate(ring.positions(n, W, layout)):
+            owner[held] = rank
+        meet = (owner.unsqueeze(1) - owner.unsqueeze(0)) % W  # (N, N): step at which query i meets key j
+        allowed = causal_mask(n, n) if causal else torch.ones(n, n, dtype=torch.bool)
+        work = ring.ring_work(n, W, layout, causal)  # (steps, ranks)
+        self.state = {
+            "holds": ring.ring_schedule(W)[step].tolist(),  # KV block held by each rank now
+            "owner": owner, "allowed": allowed, "done": (meet <= step) & allowed, "now": (meet == step) & allowed,
+            "work": work[step],
+            # share of rank-steps spent computing when every step lasts as long as its slowest rank
+            "utilisation": float(work.sum() / (W * work.max(1).values.sum())),
+        }
+
+    def draw(self):
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import to_rgba
+
+        from .distributed import ring
+        s, W, n = self.state, self.world_size, self.n
+        step = self.controls["step"].value
+        colors = [plt.get_cmap("tab10")(r % 10) for r in range(W)]
+        fig, (ax0, ax1, ax2) = _figure(12.0, 3.9, ncols=3)
+        sched = ring.ring_schedule(W)  # (steps, ranks)
+        grid = torch.ones(W, W, 4)
+        for t in range(W):
+            for r in range(W):
+                grid[t, r] = torch.tensor(to_rgba(colors[int(sched[t, r])], 1.0 if t == step else 0.25))
+                ax0.text(r, t, f"KV {int(sched[t, r])}", ha="center", va="center", fontsize=8)
+        ax0.imshow(grid.numpy())
+        ax0.set(xticks=range(W), yticks=range(W), xlabel="rank", ylabel="step",
+                title="key/value block each rank holds (colour: its home rank)")
+        image = torch.tensor(to_rgba("lightgray")).repeat(n, n, 1)  # (N, N, 4): allowed, not scored yet
+        image[~s["allowed"]] = torch.tensor(to_rgba("white"))  # masked out: never scored
+        for i, j in s["done"].nonzero().tolist():
+            image[i, j] = torch.tensor(to_rgba(colors[int(s["owner"][i])], 1.0 if s["now"][i, j] else 0.35))
+        ax1.imshow(image.numpy())
+        ticks = range(0, n, max(1, n // 8))
+        ax1.set(xticks=ticks, yticks=ticks, xlabel="key position", ylabel="query position",
+                title=f"pairs scored by step {step}, coloured by rank (bright: this step)")
+        ax2.bar([f"rank {r}\nholds KV {b}" for r, b in enumerate(s["holds"])], s["work"].tolist(), color=colors)
+        ax2.axhline(float(s["work"].max()), color="black", ls=":", lw=1)
+        ax2.set(ylabel="query-key pairs scored",
+                title=f"work at step {step}; utilisation over all steps {s['utilisation']:.0%}")
+        for ax in (ax0, ax1, ax2):
+            ax.title.set_fontsize(9)
+        fig.tight_layout()
+        return fig
+

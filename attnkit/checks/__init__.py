@@ -16,6 +16,7 @@ from .basics import check_dot_product_scores, check_scaled_dot_product_attention
 from .flex import FLEX_CHECKS, check_alibi_score_mod, check_document_mask_mod, check_sliding_window_mask_mod
 from .efficient import (check_flash_attention_backward, check_flash_attention_forward, check_linear_attention,
                         check_online_softmax, check_sliding_window_mask)
+from .distributed import check_merge_partials
 from .heads import check_merge_heads, check_multi_head_attention, check_split_heads
 from .inference import check_decode_step, check_grouped_query_attention, check_repeat_kv
 from .masks import check_causal_mask, check_padding_mask
@@ -48,7 +49,9 @@ CHECKS = {
 
 # Graded exercises of the notebooks that are not part of the course contract.
 NOTEBOOK_CHECKS.update(FLEX_CHECKS)
+NOTEBOOK_CHECKS.update(merge_partials=check_merge_partials)
 assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
 
 __all__ = ["CHECKS", "NOTEBOOK_CHECKS", *(f"check_{name}" for name in CHECKS), "check_induction_score",
+           "check_merge_partials",
            "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS)]

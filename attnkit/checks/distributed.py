@@ -1,0 +1,105 @@
+"""Checker for notebook 13: merging two partial attention results by their log-sum-exp."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import chunked
+from ..distributed import ring
+from ._harness import Ban, Checker, gen, randn
+from .basics import SOFTMAX_ATEN, SOFTMAX_FUNCTIONS
+
+LOG_ADDERS = {name: None for name in (
+    "torch.logsumexp", "torch.Tensor.logsumexp", "torch.special.logsumexp",
+    "torch.logaddexp", "torch.Tensor.logaddexp", "torch.logaddexp2", "torch.Tensor.logaddexp2")}
+
+
+def _partial(q, k, v, allowed):
+    """Float64 attention of ``q`` over the keys ``allowed (Nq, Nk)`` lets it see: ``(out, lse)``."""
+    q, k, v = q.double(), k.double(), v.double()
+    s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~allowed, float("-inf"))  # (..., Nq, Nk)
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    e = torch.exp(s - m)  # (..., Nq, Nk)
+    total = e.sum(-1, keepdim=True)
+    out = e @ v / torch.where(total > 0, total, torch.ones_like(total))  # (..., Nq, dv)
+    return out, (m + torch.log(total)).squeeze(-1)  # (..., Nq, dv), (..., Nq)
+
+
+def _weights(lse_a, lse_b, exp=torch.exp):
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    return exp(lse_a - m), exp(lse_b - m), m
+
+
+def check_merge_partials(fn) -> str:
+    """Check ``fn(out_a, lse_a, out_b, lse_b) -> (out, lse)``: attention over key set A and over
+    key set B combined into attention over A and B, compared with attention over all keys."""
+    c = Checker("merge_partials", fn, Ban(
+        {**SOFTMAX_FUNCTIONS, **LOG_ADDERS}, SOFTMAX_ATEN, (ring.merge_partials, chunked.merge_partials),
+        hint="Write the merge yourself from torch.maximum, torch.exp and torch.log: that is the exercise."))
+    g = gen(130)
+    B, H, N, d, dv = 2, 3, 12, 8, 6
+    keys = torch.arange(16)
+    causal = keys[None, :] <= torch.arange(N)[:, None] + 4  # (12, 16), bottom-right aligned
+    padded = torch.ones(N, 16, dtype=torch.bool)
+    padded[3] = False  # query 3 sees no key at all (a padding row)
+    cases = [  # label, scale of q, allowed keys of A, of B
+        ("keys 0-6 and keys 7-15", 1.0, keys < 7, keys >= 7),
+        ("3 keys and 13 keys", 1.0, keys < 3, keys >= 3),
+        ("large scores (lse around 500)", 120.0, keys % 2 == 0, keys % 2 == 1),
+        ("causal: the first queries see no key of B", 1.0, causal & (keys < 8), causal & (keys >= 8)),
+        ("query 3 sees no key in either set", 1.0, padded & (keys < 9), padded & (keys >= 9)),
+    ]
+    for label, scale, in_a, in_b in cases:
+        q, k, v = randn(g, B, H, N, d) * scale, randn(g, B, H, 16, d), randn(g, B, H, 16, dv)
+        in_a, in_b = in_a.expand(N, 16), in_b.expand(N, 16)
+        out_a, lse_a = (t.float() for t in _partial(q, k, v, in_a))
+        out_b, lse_b = (t.float() for t in _partial(q, k, v, in_b))
+        want, want_lse = _partial(q, k, v, in_a | in_b)  # attention over both key sets at once
+        got = c.call(label, out_a, lse_a, out_b, lse_b)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            c.fail(label, "return a tuple (out, lse)")
+        out, lse = got
+        for name, t in (("out", out), ("lse", lse)):
+            if not isinstance(t, torch.Tensor):
+                c.fail(label, f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
+        finite = torch.isfinite(want_lse)
+        if "large" in label and not (torch.isfinite(out).all() and torch.isfinite(lse[finite]).all()):
+            c.fail(label, "exp overflowed (exp(500) is inf in float32, and inf / inf is NaN): subtract "
+                          "m = max(lse_a, lse_b) before exponentiating, so every weight is at most 1")
+        if "either" in label and (torch.isnan(out).any() or torch.isnan(lse).any()):
+            c.fail(label, "a row where both partials have lse = -inf (no key seen yet) became NaN, because "
+                          "exp(-inf - (-inf)) is NaN: where m is -inf use 0 instead (torch.where), so the row "
+                          "gets out = 0 and lse = -inf")
+        oa, la, ob, lb = out_a.double(), lse_a.double(), out_b.double(), lse_b.double()
+        w_a, w_b, m = _weights(la, lb)
+        total = (w_a + w_b).unsqueeze(-1)
+        w2_a, w2_b, _ = _weights(la, lb, torch.exp2)
+        lse2 = m + torch.log2(w2_a + w2_b)
+        # float32 rounds an lse of 500 by ~3e-5, which moves the weights exp(lse - m) by as much
+        tol = dict(rtol=1e-4, atol=1e-4) if scale > 1 else None
+        c.expect(label, out, want, what="merged output", dtype=out_a.dtype, tol=tol, wrong=[
+            (w_a.unsqueeze(-1) * oa + w_b.unsqueeze(-1) * ob,
+             "the weights exp(lse_a - m) and exp(lse_b - m) were not divided by their sum: each partial counts "
+             "with its share of the softmax mass, exp(lse_a - lse) and exp(lse_b - lse)"),
+            ((oa + ob) / 2, "a plain average of the two outputs: weight each by its share of the softmax mass, "
+                            "exp(lse_a - lse) and exp(lse_b - lse)"),
+            ((w_b.unsqueeze(-1) * oa + w_a.unsqueeze(-1) * ob) / total,
+             "the weights are swapped: out_a is weighted by exp(lse_a - lse), out_b by exp(lse_b - lse)"),
+            ((torch.exp2(la - lse2).unsqueeze(-1) * oa + torch.exp2(lb - lse2).unsqueeze(-1) * ob),
+             "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
+             "and torch.log, not exp2/log2"),
+        ])
+        c.expect(label, lse, want_lse, what="merged log-sum-exp", dtype=lse_a.dtype, wrong=[
+            (torch.maximum(la, lb), "the merged lse is not the larger of the two: it is "
+                                    "log(exp(lse_a) + exp(lse_b)) = m + log(exp(lse_a - m) + exp(lse_b - m))"),
+            (la + lb, "log-sum-exps do not add: the merged sum of exponentials is exp(lse_a) + exp(lse_b), "
+                      "so lse = m + log(exp(lse_a - m) + exp(lse_b - m))"),
+            (lse2, "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
+                   "and torch.log, not exp2/log2"),
+        ])
+    return c.passed("equal and unequal key sets, huge scores, blocks a query cannot see, rows that see nothing")
+
