@@ -70,7 +70,7 @@ def run_job(job: dict) -> dict:
     """Measure one job in this process; returns ``{"peak_extra_bytes", "baseline_bytes", "how"}``."""
     cfg = bench.Config(**{**job["config"], "flash_block": tuple(job["config"]["flash_block"])})
     method = bench.METHODS[job["method"]]
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.n_threads())
     small = cfg.inputs(min(job["n"], 256), seed=1)
     method.run(*small, cfg)  # warm-up: thread pools and the library code it pages in
     del small

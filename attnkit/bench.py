@@ -37,7 +37,7 @@ From a shell (``--help`` lists every option)::
     python -m attnkit.bench --out results         # also write .md, .json and .png
     python -m attnkit.bench --sweep-flash --n 4096  # time FlashAttention's block sizes
 
-Sizes that would need more memory than a limit (60% of physical RAM, and at most 90% of
+Sizes that would need more memory than a limit (60% of physical RAM, and at most 70% of
 what is available now) or whose estimated time per call exceeds ``max_seconds`` are skipped
 with the reason in the table. The estimate scales the time measured at the previous ``N``
 by the method's complexity (``N^2`` or ``N``).
@@ -85,13 +85,24 @@ class Config:
     window: int = 256
     flash_block: tuple[int, int] = (512, 512)
     chunk: int = 1024
-    threads: int = 0  # 0: os.cpu_count()
+    threads: int = 0  # 0: every core this process may use
+
+    def n_threads(self) -> int:
+        return self.threads or cores()
 
     def inputs(self, n: int, seed: int = 0):
         """Seeded ``q, k, v (B, H, N, d)`` in float32."""
         g = torch.Generator().manual_seed(seed)
         shape = (self.batch, self.heads, n, self.head_dim)
         return tuple(torch.randn(shape, generator=g) for _ in range(3))
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def naive_attention(q, k, v, causal=False):
@@ -162,7 +173,7 @@ def _out_bytes(cfg, n):
 
 METHODS = {m.name: m for m in [
     Method("naive", lambda q, k, v, cfg: naive_attention(q, k, v, cfg.causal), True, 2,
-           lambda cfg, n: 3 * _bh(cfg) * n * n * 4, lambda cfg: "exact"),
+           lambda cfg, n: 2.25 * _bh(cfg) * n * n * 4 + n * n, lambda cfg: "exact"),
     Method("sdpa", _sdpa, True, 2, lambda cfg, n: 8 * _out_bytes(cfg, n) + 64 * MiB, lambda cfg: "exact"),
     Method("chunked", _chunked, True, 2, lambda cfg, n: 4 * _bh(cfg) * min(cfg.chunk, n) * n * 4 + 2 * _out_bytes(cfg, n),
            lambda cfg: f"exact, {cfg.chunk}-query chunks", needs=("chunked_attention", "chunked")),
@@ -238,8 +249,8 @@ def available_memory() -> int | None:
 
 
 def default_memory_limit() -> int:
-    """60% of physical RAM, and at most 90% of what is available right now."""
-    limits = [x for x in (_scaled(physical_memory(), 0.6), _scaled(available_memory(), 0.9)) if x]
+    """60% of physical RAM, and at most 70% of what is available right now."""
+    limits = [x for x in (_scaled(physical_memory(), 0.6), _scaled(available_memory(), 0.7)) if x]
     return min(limits) if limits else 8 * 2 ** 30
 
 
@@ -365,7 +376,7 @@ def measure(methods: Sequence[str] | None = None, ns: Sequence[int] = DEFAULT_NS
     limit = default_memory_limit() if memory_limit is None else int(memory_limit)
     say = print if verbose else (lambda *a, **k: None)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.n_threads())
     rows, per_call = [], {}  # per_call[method] = (n, seconds) of the last measured size
     try:
         for n in ns:
@@ -405,7 +416,11 @@ def _measure_n(methods, n, cfg, repeats, errors, max_seconds, limit, max_ref_n, 
         if name not in per_call:  # calibrate the time estimate on a small size
             n0 = min(n, 512)
             a, b, c = cfg.inputs(n0)
-            m.run(a, b, c, cfg)
+            try:
+                m.run(a, b, c, cfg)
+            except Exception as exc:  # noqa: BLE001 - one broken method must not sink the others
+                row["note"] = f"failed: {type(exc).__name__}: {exc}"
+                continue
             per_call[name] = (n0, _time_call(lambda: m.run(a, b, c, cfg))[0])
         n0, t0 = per_call[name]
         estimate = t0 * (n / n0) ** m.power
@@ -414,9 +429,13 @@ def _measure_n(methods, n, cfg, repeats, errors, max_seconds, limit, max_ref_n, 
             continue
         live.append((m, row))
     warm, outs = {}, {}
-    for m, row in live:  # warm-up call; its output is the one checked for errors
+    for m, row in list(live):  # warm-up call; its output is the one checked for errors
         say(f"N={n}: {m.name} ...")
-        warm[m.name], outs[m.name] = _time_call(lambda: m.run(q, k, v, cfg))
+        try:
+            warm[m.name], outs[m.name] = _time_call(lambda: m.run(q, k, v, cfg))
+        except Exception as exc:  # noqa: BLE001 - one broken method must not sink the others
+            row["note"] = f"failed: {type(exc).__name__}: {exc}"
+            live.remove((m, row))
     # fewer calls (at least 1) when one call takes over 4 s: at most ~20 s per (method, N)
     budget = {name: repeats if t < 4 else max(1, min(repeats, int(20 / t))) for name, t in warm.items()}
     times = {m.name: [] for m, _ in live}
@@ -495,7 +514,7 @@ def naive_check_lines(rows: list[dict], cfg: Config) -> list[str]:
 def machine_info(cfg: Config | None = None) -> dict:
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "threads": (cfg.threads if cfg and cfg.threads else os.cpu_count()),
+            "threads": cfg.n_threads() if cfg else cores(),
             "physical_memory_gib": round((physical_memory() or 0) / 2 ** 30, 1)}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -515,14 +534,22 @@ def plot(rows: list[dict], *, axes=None, title: str = ""):
         import matplotlib.pyplot as plt
         _, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, ylabel in zip(axes, ("time_ms", "peak_mib"), ("time per call (ms)", "peak extra memory (MiB)")):
+        drawn = 0
         for name in METHODS:
             pts = sorted((r["n"], r[key]) for r in rows if r["method"] == name and r[key] is not None and r[key] > 0)
             if pts:
                 exact = METHODS[name].exact
                 ax.plot(*zip(*pts), marker="o", linestyle="-" if exact else "--",
                         label=name if exact else f"{name} (approx.)")
-        ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel=ylabel)
-        ax.set_xscale("log", base=2)
+                drawn += 1
+        ax.set(xlabel="sequence length N", ylabel=ylabel)
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.set(xscale="log", yscale="log")
+        ns = sorted({r["n"] for r in rows})
+        ax.set_xticks(ns, labels=[str(n) for n in ns])
+        ax.minorticks_off()
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].figure.suptitle(title)
@@ -536,7 +563,7 @@ def sweep_flash(n: int, blocks: Sequence[tuple[int, int]], cfg: Config, repeats:
     from .flash import flash_attention_forward
     q, k, v = cfg.inputs(n)
     old = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.n_threads())
     try:
         cands = [("sdpa", None)] + [("flash", b) for b in blocks]
         call = {c: (lambda b=c[1]: _sdpa(q, k, v, cfg) if b is None else
@@ -598,7 +625,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=_positive_float, default=30.0,
                    help="skip a (method, N) whose estimated time per call exceeds this (default 30)")
     p.add_argument("--memory-limit-gib", type=_positive_float,
-                   help="skip sizes estimated to need more (default 60%% of RAM, at most 90%% of what is free)")
+                   help="skip sizes estimated to need more (default 60%% of RAM, at most 70%% of what is free)")
     p.add_argument("--max-ref-n", type=_positive, help="largest N with a float64 reference (default 8192)")
     p.add_argument("--batch", type=_positive, help="B (default 1)")
     p.add_argument("--heads", type=_positive, help="H (default 4)")
@@ -678,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fig = Figure(figsize=(11, 4))
             plot(rows, axes=fig.subplots(1, 2), title=f"attention vs N: B={cfg.batch}, H={cfg.heads}, d={cfg.head_dim}, "
                                                       f"fp32, {'causal' if cfg.causal else 'not causal'}, "
-                                                      f"{info['threads']} threads")
+                                                      f"torch threads: {info['threads']}")
             fig.savefig(args.out / f"{stem}.png", dpi=80)
         print(f"wrote {args.out / stem}.md, .json" + ("" if args.no_plot else ", .png"))
     return 0

@@ -144,3 +144,11 @@ def test_plot_draws_time_and_memory_log_log_one_line_per_method(quick):
     labels = [line.get_label() for line in time_ax.get_lines()]
     assert labels == ["naive", "sdpa", "chunked", "flash", "sliding (approx.)", "linear (approx.)"]
     assert len(memory_ax.get_lines()) >= 4  # a method whose peak rounds to 0 at every N has no line on log axes
+
+
+def test_a_method_that_raises_is_reported_not_fatal(monkeypatch):
+    def broken(q, k, v, cfg):
+        raise RuntimeError("boom")
+    monkeypatch.setitem(bench.METHODS, "linear", bench.dataclasses.replace(bench.METHODS["linear"], run=broken))
+    rows = bench.measure(["linear", "sdpa"], [32], heads=1, head_dim=8, memory=False, repeats=1, threads=1)
+    assert rows[0]["note"] == "failed: RuntimeError: boom" and rows[1]["time_ms"] is not None
