@@ -28,10 +28,12 @@ def report(print_it: bool = True) -> dict:
         "cpu threads": torch.get_num_threads(),
         "colab": "google.colab" in sys.modules,
     }
+    # The version without importing triton: an import here would fix, before a notebook can
+    # choose it, whether @triton.jit kernels compile or run in the interpreter (attnkit._triton).
+    from importlib import metadata
     try:
-        import triton
-        facts["triton"] = triton.__version__
-    except ImportError:
+        facts["triton"] = metadata.version("triton")
+    except metadata.PackageNotFoundError:
         facts["triton"] = "not installed"
     if facts["device"] == "cuda":
         props = torch.cuda.get_device_properties(0)

@@ -421,6 +421,63 @@ class OnlineSoftmaxStepper(Explorer):
         return fig
 
 
+class TileExplorer(Explorer):
+    """Which Triton program covers which part of an ``(M, N)`` matrix in a row softmax: rows
+    in blocks of ``BLOCK_M`` (one program each), columns in blocks of ``BLOCK_N`` (one step of
+    the program's loop), and the masked lanes past the edges."""
+
+    title = "Programs and tiles of a row softmax"
+
+    def __init__(self, M: int = 10, N: int = 27, block_m: int = 4, block_n: int = 16):
+        import ipywidgets as w
+        self.controls = {
+            "M": w.IntSlider(value=M, min=1, max=32, description="rows M"),
+            "N": w.IntSlider(value=N, min=1, max=64, description="columns N"),
+            "block_m": w.Dropdown(options=[1, 2, 4, 8, 16], value=block_m, description="BLOCK_M"),
+            "block_n": w.Dropdown(options=[4, 8, 16, 32, 64], value=block_n, description="BLOCK_N"),
+        }
+        self._wire()
+
+    def compute(self) -> None:
+        M, N = self.controls["M"].value, self.controls["N"].value
+        bm, bn = self.controls["block_m"].value, self.controls["block_n"].value
+        programs, steps = -(-M // bm), -(-N // bn)  # grid size; loop steps per program
+        r = torch.arange(programs * bm)[:, None]  # (rows covered, 1)
+        c = torch.arange(steps * bn)[None, :]  # (1, columns covered)
+        valid = (r < M) & (c < N)  # (rows covered, columns covered): the load/store mask
+        self.state = {"programs": programs, "steps": steps, "one_pass": steps == 1,
+                      "owner": (r // bm).expand_as(valid), "step": (c // bn).expand_as(valid), "valid": valid,
+                      "masked_fraction": 1 - M * N / valid.numel(),
+                      "reads_of_x": 1 if steps == 1 else 2}
+
+    def draw(self):
+        import matplotlib.pyplot as plt
+
+        s = self.state
+        rows, cols = s["valid"].shape
+        fig, ax = _figure(7.5, 3.8)
+        colours = plt.get_cmap("tab10")(s["owner"].remainder(10).numpy())  # (rows, cols, 4) one colour per program
+        colours[..., :3] = colours[..., :3] * (0.75 + 0.25 * (s["step"].numpy()[..., None] % 2))  # alternate steps
+        colours[~s["valid"].numpy()] = (0.93, 0.93, 0.93, 1.0)  # masked lanes: loaded as -inf, never stored
+        ax.imshow(colours, aspect="auto", interpolation="nearest", extent=(-0.5, cols - 0.5, rows - 0.5, -0.5))
+        M, N = self.controls["M"].value, self.controls["N"].value
+        bm, bn = self.controls["block_m"].value, self.controls["block_n"].value
+        for edge in range(bn, cols, bn):
+            ax.axvline(edge - 0.5, color="k", lw=1, ls="--")
+        for edge in range(bm, rows, bm):
+            ax.axhline(edge - 0.5, color="k", lw=1.5)
+        ax.plot([-0.5, N - 0.5, N - 0.5, -0.5, -0.5], [-0.5, -0.5, M - 0.5, M - 0.5, -0.5], color="tab:red", lw=2)
+        for p in range(s["programs"]):
+            ax.text(0, min(p * bm + (bm - 1) / 2, M - 1), f"pid {p}", ha="left", va="center", fontsize=8,
+                    color="white", fontweight="bold")
+        passes = "one pass: x read once" if s["one_pass"] else f"{s['steps']} steps per program: x read twice"
+        ax.set(xlabel="column (dashed: one BLOCK_N step of the loop)", ylabel="row",
+               title=f"grid = {s['programs']} programs; {passes}; {s['masked_fraction']:.0%} of lanes masked (grey)")
+        ax.title.set_fontsize(9)
+        fig.tight_layout()
+        return fig
+
+
 class RingExplorer(Explorer):
     """Ring attention step by step: the key/value block every rank holds at each step, the
     query-key pairs scored so far (coloured by the rank that scores them), and the work each

@@ -363,3 +363,49 @@ def test_checker_rejects_with_hint(name, fn, words):
     with pytest.raises(AssertionError) as info:
         CHECKS[name](fn)
     assert words in str(info.value).splitlines()[0], str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook's helpers: the roofline and the tile widget
+
+def test_roofline_is_the_minimum_of_two_roofs():
+    from attnkit import roofline
+    t4 = roofline.PEAKS["T4"]
+    assert t4.ridge() == pytest.approx(8.1e12 / 320e9)
+    below, above = 0.5 * t4.ridge(), 2 * t4.ridge()
+    assert roofline.attainable_tflops(below, t4.fp32_tflops, t4.bandwidth_gbs) == pytest.approx(below * 0.320)
+    assert roofline.attainable_tflops(above, t4.fp32_tflops, t4.bandwidth_gbs) == t4.fp32_tflops
+    with pytest.raises(ValueError, match="intensity"):
+        roofline.attainable_tflops(-1.0, 1.0, 1.0)
+    for p in roofline.PEAKS.values():  # every GPU listed: softmax (0.6 FLOP/byte) is memory-bound by >= 20x
+        assert p.ridge() / (5 / 8) >= 20 and p.tensor_tflops > p.fp32_tflops
+
+
+@pytest.mark.parametrize("name,key", [("Tesla T4", "T4"), ("NVIDIA L4", "L4"), ("NVIDIA A100-SXM4-40GB", "A100"),
+                                      ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", None),
+                                      ("NVIDIA GeForce RTX 4090", None)])
+def test_peak_for_device_names(name, key):
+    from attnkit import roofline
+    assert roofline.peak_for(name) == (roofline.PEAKS[key] if key else None)
+
+
+def test_measurements_run_on_the_cpu():
+    from attnkit import roofline
+    assert roofline.copy_bandwidth("cpu", n_bytes=2**20, repeats=2) > 0
+    assert roofline.matmul_tflops("cpu", n=32, repeats=2) > 0
+    calls = []
+    assert roofline.time_fn(lambda: calls.append(1), "cpu", repeats=3, warmup=1) >= 0 and len(calls) == 4
+
+
+def test_tile_explorer_follows_the_block_sizes():
+    from attnkit.widgets import TileExplorer
+    e = TileExplorer(M=10, N=27, block_m=4, block_n=16)
+    assert (e.state["programs"], e.state["steps"], e.state["one_pass"]) == (3, 2, False)
+    assert e.state["masked_fraction"] == pytest.approx(1 - 270 / (12 * 32))
+    assert e.state["valid"].sum() == 270 and e.state["owner"][11, 0] == 2
+    e.controls["block_n"].value = 32
+    assert e.updates == 1 and e.state["one_pass"] and e.state["reads_of_x"] == 1
+    e.controls["M"].value = 1
+    assert e.state["programs"] == 1
+    import matplotlib.pyplot as plt
+    plt.close(e.draw())

@@ -131,6 +131,21 @@ def _row_hint(got, want, tol):
     return f"rows {bad[:6]} are wrong while other rows are right: {owns}"
 
 
+def _call(c: Checker, label: str, x: torch.Tensor):
+    """``c.call``, with a stub kernel (``raise NotImplementedError`` in a ``@triton.jit``
+    body, which the interpreter wraps in its own error) reported as not implemented."""
+    try:
+        return c.call(label, x)
+    except AssertionError as e:
+        cause = e.__cause__
+        while cause is not None:
+            if isinstance(cause, NotImplementedError):
+                raise AssertionError(f"{c.name}: not implemented yet. Your kernel still raises NotImplementedError: "
+                                     f"replace it with the kernel's body.") from None
+            cause = cause.__cause__
+        raise
+
+
 def check_triton_softmax(fn) -> str:
     """Check ``fn(x (M, N)) -> (M, N)``: a row softmax computed in a Triton kernel."""
     from ._triton import count_launches  # imports triton: only when a Triton exercise is checked
@@ -168,7 +183,7 @@ def check_triton_softmax(fn) -> str:
         if x.is_contiguous():
             x = _slack(x.to(dev))
         with count_launches() as launched:
-            got = c.call(label, x)
+            got = _call(c, label, x)
         launches += len(launched)
         if not launched:
             c.fail(label, "no Triton kernel was launched: write the softmax in a @triton.jit kernel and launch it "
