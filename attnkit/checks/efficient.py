@@ -91,7 +91,9 @@ def check_flash_attention_backward(fn) -> str:
     """Check ``fn(q, k, v, out, lse, d_out, is_causal=False) -> (dq, dk, dv)`` against autograd."""
     g = gen(92)
     c = Checker("flash_attention_backward", fn)
-    for label, nq, nk, causal in [("24 x 30", 24, 30, False), ("causal 24 x 24", 24, 24, True), ("causal 10 x 30", 10, 30, True)]:
+    # Larger than the usual tiles (64 or 128), so a tiled backward never holds all of (Nq, Nk) at once.
+    for label, nq, nk, causal in [("130 x 150", 130, 150, False), ("causal 144 x 144", 144, 144, True),
+                                  ("causal 20 x 150", 20, 150, True)]:
         c.ban = _flash_ban(nq, nk)
         q, k, v = (randn(g, 1, 2, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
         d_out = randn(g, 1, 2, nq, 8, dtype=torch.float64)
