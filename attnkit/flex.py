@@ -235,7 +235,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, score_mod=None,
            return_lse: bool = False):
     """FlexAttention on ``q (B, H, Nq, d)``, ``k (B, H, Nk, d)``, ``v (B, H, Nk, dv)``.
 
-    Give a ``mask_mod`` (a BlockMask is built for it) or a ready ``block_mask``, or neither.
+    Give a ``mask_mod`` (a BlockMask is built for it, one for the whole batch and every head:
+    the mask_mod sees ``b = h = 0``) or a ready ``block_mask``, or neither. A mask that differs
+    between batch elements or heads (``padding``) needs
+    ``make_block_mask(mask_mod, Nq, Nk, batch=B, heads=H)`` passed as ``block_mask``.
 
     compiled: ``None`` picks for you: compiled on a GPU, where the fused kernel is the point;
         eager on a CPU, where the first compiled call costs seconds (measured in notebook 12)
