@@ -2,7 +2,7 @@
 
     python -m attnkit.distributed --world-size 1 2 4 --n 4096           # spawns the ranks itself
     python -m attnkit.distributed --world-size 2 4 --n 8192 --causal --layout zigzag
-    torchrun --nproc-per-node 8 -m attnkit.distributed --n 65536        # one row, ranks from torchrun
+    torchrun --nproc-per-node 8 -m attnkit.distributed --seq-len 65536  # one row, ranks from torchrun
 
 World size 1 is the baseline: the same forward pass in one process, with no ring. Each row
 reports the forward time of the slowest rank, the time per ring step, what one step spends
@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world-size", type=int, nargs="+", default=[1, 2, 4],
                    help="numbers of ranks to spawn, one row each (ignored under torchrun)")
-    p.add_argument("--n", type=int, default=4096, help="sequence length N (need not divide by the world size)")
+    p.add_argument("--n", "--seq-len", dest="n", type=int, default=4096,
+                   help="sequence length N (need not divide by the world size); under torchrun write --seq-len, "
+                        "since torchrun takes --n for one of its own options")
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)

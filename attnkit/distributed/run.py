@@ -119,8 +119,9 @@ def _timing_worker(rank, world_size, config):
             _sync(device)
             transfer.append((time.perf_counter() - start) / (world_size - 1))
     per_step = lambda key: statistics.median(sum(t[key] for t in ts) / len(ts) for ts in steps)  # noqa: E731
+    ring_wait = per_step("wait_s") + per_step("post_s") if world_size > 1 else 0.0  # one rank: no ring at all
     return {"total_s": statistics.median(totals), "compute_s": per_step("compute_s"),
-            "wait_s": per_step("wait_s") + per_step("post_s"), "transfer_s": statistics.median(transfer) if transfer else 0.0,
+            "wait_s": ring_wait, "transfer_s": statistics.median(transfer) if transfer else 0.0,
             "bytes_per_step": (k.numel() + v.numel()) * k.element_size() if world_size > 1 else 0,
             "n_local": q.shape[-2], "device": str(device)}
 
@@ -130,10 +131,12 @@ def time_ring(world_size: int, n: int, *, heads: int = 8, head_dim: int = 64, ba
               dtype: torch.dtype = torch.float32, seed: int = 0, timeout: float = 300.0) -> dict:
     """Time forward ring attention of ``(batch, heads, n, head_dim)`` over ``world_size`` spawned ranks.
 
-    Returns one row: ``total_s`` (forward time of the slowest rank, median of ``repeats``),
-    per-step means over ranks of ``compute_s`` (attention on one block; the slowest rank's),
-    ``wait_s`` (transfer time not hidden behind compute) and ``transfer_s`` (one block's
-    transfer measured alone), ``bytes_per_step`` sent by each rank, ``n_local`` tokens per rank.
+    Returns one row: ``total_s`` (forward time of the slowest rank, median of ``repeats``;
+    it includes one all-gather of the shard shapes), per step: ``compute_s`` (attention on one
+    block, the slowest rank's), ``wait_s`` (mean over ranks of the time from finishing a block
+    to holding the next: the transfer not hidden behind compute, plus any wait for a slower
+    neighbour) and ``transfer_s`` (one block's transfer measured alone), ``bytes_per_step``
+    sent by each rank, ``n_local`` tokens per rank.
     """
     ring.segments(n, world_size, layout)
     config = dict(n=n, heads=heads, head_dim=head_dim, batch=batch, is_causal=bool(is_causal), layout=layout,
