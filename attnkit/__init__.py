@@ -53,6 +53,8 @@ __all__ = [
 # function's: importing attnkit.x sets the attribute attnkit.x to the module.
 _LAZY = {
     "triton_softmax": "fused_softmax",
+    "triton_flash_forward": "triton_flash",
+    "TritonFlashAttention": "triton_flash",
 }
 __all__ += list(_LAZY)
 

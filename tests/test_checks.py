@@ -600,8 +600,9 @@ WRONG = [
 
 def test_every_checker_has_at_least_three_known_wrong_implementations():
     from test_efficient_checks import WRONG as EFFICIENT_WRONG
+    from test_triton_flash import WRONG as TRITON_FLASH_WRONG
     from test_triton_softmax import WRONG as TRITON_SOFTMAX_WRONG
-    everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG
+    everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG + TRITON_FLASH_WRONG
     counts = {name: sum(1 for n, f, _ in everything if n == name and f is not _stub) for name in CHECKS}
     assert min(counts.values()) >= 3, counts
 

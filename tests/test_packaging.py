@@ -35,6 +35,7 @@ CONTRACT = {
     "sliding_window_mask": [("n_q", E), ("n_k", E), ("window", E)],
     "linear_attention": [("q", E), ("k", E), ("v", E), ("causal", False)],
     "triton_softmax": [("x", E)],
+    "triton_flash_forward": [("q", E), ("k", E), ("v", E), ("is_causal", False)],
 }
 
 

@@ -23,6 +23,7 @@ from .masks import check_causal_mask, check_padding_mask
 from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 from .triton_softmax import check_triton_softmax  # imports triton only when it runs
+from .triton import check_triton_flash_forward  # imports triton only when it runs
 
 CHECKS = {
     "dot_product_scores": check_dot_product_scores,
@@ -45,6 +46,7 @@ CHECKS = {
     "sliding_window_mask": check_sliding_window_mask,
     "linear_attention": check_linear_attention,
     "triton_softmax": check_triton_softmax,
+    "triton_flash_forward": check_triton_flash_forward,
 }
 
 # Graded exercises of the notebooks that are not part of the course contract.

@@ -1,0 +1,204 @@
+"""Checker for notebook 11's exercise: FlashAttention's forward pass written as a Triton kernel.
+
+The learner's ``triton_flash_forward(q, k, v (B, H, N, d), is_causal=False) -> (out, lse)``
+must launch a Triton kernel (a wrapper around PyTorch or SDPA launches none) and may not do
+the attention arithmetic in PyTorch. Cases go from easy to awkward (a power-of-two length,
+causal, float16, a head dim that is not a power of two, ragged lengths), so the first failing
+case already says which part is missing. Known kernel bugs are recognised by recomputing,
+in float64, what the buggy kernel returns for every block size it might have picked: an
+accumulator that is never rescaled, no ``1/sqrt(d)``, ``exp2`` without ``log2(e)``, the causal
+flag ignored, ``lse`` in base 2 or without ``log(l)``, padding keys past ``N`` left in the
+softmax. Inputs are followed in memory by NaN, so a load that runs past the end shows up.
+
+Tolerances are relative to the measured error of a plain PyTorch implementation in the same
+dtype (a kernel may be a few times further from float64 than that, as in FlashAttention's
+own tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _triton
+from ..masks import causal_mask
+from ._harness import TOLERANCE, Ban, Checker, gen, randn
+from .basics import ATTENTION_ATEN, ATTENTION_FUNCTIONS, SOFTMAX_ATEN, SOFTMAX_FUNCTIONS
+
+BLOCKS = (16, 32, 64, 128)  # the key-block sizes a kernel might pick
+SLACK = 128 * 128  # elements of NaN after every input: a load past the end reads NaN, never foreign memory
+TORCH_MATH = {name: None for name in (
+    "torch.exp", "torch.Tensor.exp", "torch.exp2", "torch.Tensor.exp2", "torch.special.exp2",
+    "torch.logsumexp", "torch.Tensor.logsumexp", "torch.special.logsumexp",
+    "torch.matmul", "torch.Tensor.matmul", "torch.Tensor.__matmul__", "torch.bmm", "torch.Tensor.bmm",
+    "torch.einsum", "torch.baddbmm")}
+HINT = "Do the scores, the online softmax and P @ V inside your @triton.jit kernel; the wrapper only allocates and launches."
+
+NO_KERNEL_HINT = ("no Triton kernel was launched: this exercise is the kernel itself. Launch yours with "
+                  "kernel[grid](...) from triton_flash_forward")
+RESCALE_HINT = ("the accumulator was not rescaled: when the running max grows from m to m_new, multiply acc "
+                "(and l) by alpha = exp2(m - m_new) before adding this block's p @ v")
+SCALE_HINT = "the scores are not scaled by 1/sqrt(d): multiply q k^T by sm_scale = 1/sqrt(d)"
+EXP2_HINT = ("exp2 without log2(e): tl.exp2(x) is 2**x, so fold log2(e) = 1.4427 into the scale "
+             "(qk_scale = sm_scale * 1.4427) to get e**x")
+CAUSAL_HINT = "is_causal was ignored: set the scores of keys after each query to -inf (cols <= rows)"
+LSE_BASE2_HINT = ("lse is in base 2: the kernel's m and log2(l) live in base 2; multiply m + log2(l) by ln(2) "
+                  "to return the natural-log lse the contract asks for")
+LSE_MAX_HINT = "lse is only the running max; the log-sum-exp is m + log(l), with the running sum l"
+PADDING_HINT = ("keys past the end of the sequence took part in the softmax: the last key block is ragged, "
+                "so set scores of cols >= N to -inf (and load k, v with mask=cols < N, other=0)")
+NAN_HINT = ("NaN in the output: a tl.load read past the end of q, k or v (this checker puts NaN there; on a GPU "
+            "it is whatever memory follows). Give every load a mask (rows/cols < N, offs_d < d) and other=0.0")
+RAGGED_HINT = ("right when N is a multiple of the block size, wrong here: mask the loads (other=0), the scores "
+               "(-inf for cols >= N) and the stores (rows < N) of the last, partial block")
+HEAD_DIM_HINT = ("right for power-of-two head dims, wrong for d = 40: BLOCK_D is padded to 64, so mask "
+                 "offs_d < d on every load and on the store, and scale by 1/sqrt(40), not 1/sqrt(64)")
+
+
+def _slack(x: torch.Tensor) -> torch.Tensor:
+    """The same values, contiguous, followed in memory by SLACK NaNs."""
+    flat = torch.full((x.numel() + SLACK,), float("nan"), dtype=x.dtype, device=x.device)
+    flat[:x.numel()] = x.reshape(-1)
+    return flat[:x.numel()].view(x.shape)
+
+
+def _scores(q, k, causal, scale):
+    s = (q @ k.transpose(-2, -1)) * scale  # (B, H, Nq, Nk)
+    if causal:
+        s = s.masked_fill(~causal_mask(q.shape[-2], k.shape[-2]).to(s.device), float("-inf"))
+    return s
+
+
+def naive(q, k, v, causal, scale=None):
+    """Plain attention in the inputs' dtype: ``(out, lse)``. In float64 it is the reference."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = _scores(q, k, causal, scale)
+    lse = torch.logsumexp(s, -1)  # (B, H, Nq)
+    p = torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0)
+    return p @ v, lse
+
+
+def _no_rescale(q, k, v, causal, block_n):
+    """A kernel that never rescales its accumulator (nor, in a second variant, its sum)."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    s = _scores(q, k, causal, scale)
+    nk = k.shape[-2]
+    m = s.new_full(s.shape[:-1], float("-inf"))
+    l_ok, l_stale = s.new_zeros(s.shape[:-1]), s.new_zeros(s.shape[:-1])
+    acc = q.new_zeros(*s.shape[:-1], v.shape[-1])
+    for start in range(0, nk, block_n):
+        blk = s[..., start:start + block_n]
+        m_new = torch.maximum(m, blk.amax(-1))
+        shift = m_new.nan_to_num(neginf=0.0)
+        p = torch.exp(blk - shift.unsqueeze(-1))
+        l_ok = l_ok * torch.exp(m - shift) + p.sum(-1)
+        l_stale = l_stale + p.sum(-1)
+        acc = acc + p @ v[..., start:start + block_n, :]
+        m = m_new
+    return [acc / l.clamp_min(1e-300).unsqueeze(-1) for l in (l_ok, l_stale)]
+
+
+def _padded_keys(q, k, v, causal, block_n):
+    """Keys and values padded with zeros to a multiple of ``block_n``, padding left unmasked."""
+    nk = k.shape[-2]
+    pad = (-nk) % block_n
+    kp = torch.cat([k, k.new_zeros(*k.shape[:-2], pad, k.shape[-1])], -2)
+    vp = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], -2)
+    s = _scores(q, kp, False, 1 / math.sqrt(q.shape[-1]))
+    if causal:  # causal on the true positions; the padding sits after every query
+        allowed = torch.cat([causal_mask(q.shape[-2], nk), torch.ones(q.shape[-2], pad, dtype=torch.bool)], -1)
+        s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return torch.exp(s - lse.unsqueeze(-1)) @ vp, lse
+
+
+def _tolerance(q, k, v, causal, want, want_lse):
+    """A few times the error of a plain implementation in q's dtype; the harness's bound at least."""
+    if q.dtype == torch.float64:
+        return TOLERANCE[torch.float64], TOLERANCE[torch.float64]
+    plain, plain_lse = naive(q.cpu(), k.cpu(), v.cpu(), causal)
+    finite = torch.isfinite(want_lse)
+
+    def tol(err, floor):
+        return dict(rtol=0.0, atol=max(4 * err, floor))
+
+    base = TOLERANCE.get(q.dtype, TOLERANCE[torch.float16])
+    err = (plain.double() - want).abs().max().item()
+    err_lse = (plain_lse.double() - want_lse)[finite].abs().max().item() if finite.any() else 0.0
+    return tol(err, base["atol"] + base["rtol"]), tol(err_lse, base["atol"] + base["rtol"] * 8)
+
+
+def _cases(on_gpu: bool):
+    """(label, B, H, N, d, causal, dtype, kind) from easy to awkward; float16 throughout on a GPU
+    (a float32 tl.dot on a GPU rounds to TF32 unless told otherwise)."""
+    f32 = torch.float16 if on_gpu else torch.float32
+    return [
+        ("N = 64, d = 16", 1, 2, 64, 16, False, f32, "basic"),
+        ("causal, N = 64, d = 32", 2, 1, 64, 32, True, f32, "basic"),
+        ("float16, causal, N = 32, d = 16", 1, 2, 32, 16, True, torch.float16, "basic"),
+        ("head dim d = 40 (not a power of two), N = 32", 1, 1, 32, 40, False, f32, "head_dim"),
+        ("ragged: N = 19, causal", 1, 2, 19, 16, True, f32, "ragged"),
+        ("ragged: N = 33", 1, 1, 33, 16, False, f32, "ragged"),
+    ]
+
+
+def check_triton_flash_forward(fn) -> str:
+    """Check ``fn(q, k, v (B, H, N, d), is_causal=False) -> (out (B, H, N, d), lse (B, H, N))``, a Triton kernel."""
+    from ._triton import count_launches  # imports triton: only when a check runs
+
+    device = _triton.device()
+    c = Checker("triton_flash_forward", fn)
+    g = gen(111)
+    for label, B, H, N, d, causal, dtype, kind in _cases(device.type == "cuda"):
+        c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
+                    _reference_functions(), hint=HINT, forbid_shape=(N, N))
+        q, k, v = (randn(g, B, H, N, d) for _ in range(3))
+        k[..., N // 2:, :] *= 3  # larger scores arrive late: the running max must move
+        want, want_lse = naive(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(), causal)
+        q, k, v = (_slack(t.to(dtype).to(device)) for t in (q, k, v))
+        with count_launches() as launched:
+            got = c.call(label, q, k, v, causal)
+        if not launched:
+            c.fail(label, NO_KERNEL_HINT)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            c.fail(label, "return two tensors: (out, lse)")
+        out, lse = got
+        if out is None or lse is None:
+            c.fail(label, "return two tensors: (out, lse); one of them is None")
+        for what, t in (("output", out), ("log-sum-exp", lse)):
+            if isinstance(t, torch.Tensor) and torch.isnan(t.detach().float()).any():
+                c.fail(label, NAN_HINT if kind != "basic" else
+                       f"NaN in the {what}: a row that has seen no key yet has m = -inf, and -inf - (-inf) is NaN; "
+                       f"use tl.where(m_new == -inf, 0, m_new) before exp2. Also check that every load is masked")
+        qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
+        tol, tol_lse = _tolerance(q.cpu(), k.cpu(), v.cpu(), causal, want, want_lse)
+        otherwise = {"ragged": RAGGED_HINT, "head_dim": HEAD_DIM_HINT}.get(kind)
+        wrong = [(naive(qd, kd, vd, causal, scale=1.0)[0], SCALE_HINT),
+                 (naive(qd, kd, vd, causal, scale=math.log(2) / math.sqrt(d))[0], EXP2_HINT)]
+        if causal:
+            wrong.append((naive(qd, kd, vd, False)[0], CAUSAL_HINT))
+        for bn in BLOCKS:
+            if bn < N:
+                wrong += [(bad, RESCALE_HINT) for bad in _no_rescale(qd, kd, vd, causal, bn)]
+            if N % bn:
+                wrong.append((_padded_keys(qd, kd, vd, causal, bn)[0], PADDING_HINT))
+        c.expect(label, out, want, what="output", dtype=dtype, tol=tol, wrong=wrong, otherwise=otherwise)
+        s = _scores(qd, kd, causal, 1 / math.sqrt(d))
+        wrong_lse = [(want_lse / math.log(2), LSE_BASE2_HINT), (s.amax(-1), LSE_MAX_HINT),
+                     (s.amax(-1) / math.log(2), LSE_MAX_HINT)]
+        if causal:
+            wrong_lse.append((naive(qd, kd, vd, False)[1], CAUSAL_HINT))
+        if not isinstance(lse, torch.Tensor) or lse.dtype not in (torch.float32, dtype):
+            c.fail(label, f"lse must be a float32 (or {dtype}) tensor, got "
+                          f"{getattr(lse, 'dtype', type(lse).__name__)}")
+        c.expect(label, lse.float(), want_lse, what="log-sum-exp", tol=tol_lse, wrong=wrong_lse, otherwise=otherwise)
+    return c.passed("causal and not, float16, d = 40, ragged N, a kernel launched, no PyTorch attention")
+
+
+def _reference_functions():
+    """attnkit's own kernels: calling them is not writing one (imported lazily: they import triton)."""
+    from .. import flash
+    from ..triton_flash import TritonFlashAttention, triton_flash_backward, triton_flash_forward
+    return (triton_flash_forward, triton_flash_backward, TritonFlashAttention.forward,
+            flash.flash_attention_forward, flash.FlashAttention.forward)
