@@ -372,3 +372,36 @@ def test_checker_refuses_shortcuts(fn, words):
     with pytest.raises(AssertionError) as info:
         CHECKS["triton_flash_forward"](fn)
     assert words in str(info.value).splitlines()[0], str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU benchmark script: its plumbing through the interpreter, its refusal without a GPU
+
+def _bench():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "triton_bench.py"
+    spec = importlib.util.spec_from_file_location("triton_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(GPU, reason="the interpreter smoke run is for machines without a GPU")
+def test_bench_script_runs_tiny_through_the_interpreter(tmp_path):
+    result = _bench().main(["--interpret", "--tiny", "--n", "32", "--causal", "yes", "--out", str(tmp_path)])
+    rows = result["rows"] + result["cs336"]
+    assert {r["provider"] for r in rows} == {"triton", "sdpa"} and {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    for r in rows:
+        assert r["tflops"] == pytest.approx(2 * r["B"] * r["H"] * r["N"] ** 2 * r["d"]
+                                            * (3.5 if r["mode"] == "fwd+bwd" else 1) / (r["ms"] * 1e9))
+        assert r["max_abs_diff_vs_sdpa"] < 2e-3  # float16 vs SDPA
+    md = (tmp_path / "triton-bench-interpreter-tiny.md").read_text()
+    assert "| fwd | float16 | yes | 16 | 32 |" in md and "CS336" in md and result["device"] in md
+
+
+@pytest.mark.skipif(GPU, reason="there is a GPU")
+def test_bench_script_without_a_gpu_says_so(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit, match="(?s)no CUDA GPU.*--interpret --tiny"):
+        _bench().main(["--tiny"])
