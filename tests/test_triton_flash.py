@@ -374,6 +374,93 @@ def test_checker_refuses_shortcuts(fn, words):
     assert words in str(info.value).splitlines()[0], str(info.value)
 
 
+@triton.jit
+def _learner_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                       H, N, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_DELTA: tl.constexpr = True,
+                       SCALE: tl.constexpr = True, LSE_TO_BASE2: tl.constexpr = True, CAUSAL_MASK: tl.constexpr = True):
+    """The notebook's stretch exercise, plainly, with a switch for each classic mistake."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_mask = (rows[:, None] < N) & (dims[None, :] < D)
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :], mask=row_mask, other=0.0)
+    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + dims[None, :], mask=row_mask, other=0.0)
+    lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0.0)
+    if LSE_TO_BASE2:
+        lse = lse * 1.4426950408889634
+    delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0.0)
+    if not USE_DELTA:
+        delta = delta * 0.0
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        kv_mask = (cols[:, None] < N) & (dims[None, :] < D)
+        k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=kv_mask, other=0.0)
+        p = tl.exp2(tl.dot(q, tl.trans(k)) * (sm_scale * 1.4426950408889634) - lse[:, None])
+        keep = cols[None, :] < N
+        if IS_CAUSAL and CAUSAL_MASK:
+            keep = keep & (cols[None, :] <= rows[:, None])
+        p = tl.where(keep, p, 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    if SCALE:
+        dq = dq * sm_scale
+    tl.store(DQ + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :], dq.to(DQ.dtype.element_ty), mask=row_mask)
+
+
+def learner_dq(**mistakes):
+    def triton_flash_dq(q, k, v, out, lse, d_out, is_causal=False):
+        B, H, N, d = q.shape
+        delta = (d_out.float() * out.float()).sum(-1).contiguous()  # (B, H, N)
+        dq = torch.empty_like(q)
+        block = 16 if not GPU else 64
+        _learner_dq_kernel[(triton.cdiv(N, block), B * H)](
+            q, k, v, d_out, lse.contiguous(), delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+            k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), d_out.stride(0), d_out.stride(1),
+            d_out.stride(2), H, N, 1 / math.sqrt(d), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+            BLOCK_M=block, BLOCK_N=block, IS_CAUSAL=is_causal, **mistakes)
+        return dq
+    return triton_flash_dq
+
+
+def test_dq_checker_accepts_a_learner_kernel(capsys):
+    from attnkit.checks import NOTEBOOK_CHECKS
+    NOTEBOOK_CHECKS["triton_flash_dq"](learner_dq())
+    assert capsys.readouterr().out.startswith("check_triton_flash_dq passed")
+
+
+@pytest.mark.parametrize("fn,words", [
+    (learner_dq(USE_DELTA=False), "delta term is missing"),
+    (learner_dq(SCALE=False), "1/sqrt(d)"),
+    (learner_dq(LSE_TO_BASE2=False), "natural-log lse"),
+    (learner_dq(CAUSAL_MASK=False), "is_causal was ignored"),
+    (lambda q, k, v, out, lse, d_out, is_causal=False: tf.triton_flash_backward(q, k, v, out, lse, d_out, is_causal)[0],
+     "calls"),
+], ids=["no-delta", "no-scale", "lse-base", "causal", "library"])
+def test_dq_checker_rejects_wrong_kernels_with_hint(fn, words):
+    from attnkit.checks import NOTEBOOK_CHECKS
+    with pytest.raises(AssertionError) as info:
+        NOTEBOOK_CHECKS["triton_flash_dq"](fn)
+    assert words in str(info.value).splitlines()[0], str(info.value)
+
+
+def test_checkers_report_a_stub_kernel_as_not_implemented():
+    @triton.jit
+    def stub(X):
+        raise NotImplementedError()
+
+    def fn(q, k, v, is_causal=False):
+        stub[(1,)](q)
+        return q, q
+
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        CHECKS["triton_flash_forward"](fn)
+
+
 # ---------------------------------------------------------------------------------------------
 # the GPU benchmark script: its plumbing through the interpreter, its refusal without a GPU
 

@@ -23,7 +23,7 @@ from .masks import check_causal_mask, check_padding_mask
 from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 from .triton_softmax import check_triton_softmax  # imports triton only when it runs
-from .triton import check_triton_flash_forward  # imports triton only when it runs
+from .triton import check_triton_flash_dq, check_triton_flash_forward  # imports triton only when it runs
 
 CHECKS = {
     "dot_product_scores": check_dot_product_scores,
@@ -52,8 +52,10 @@ CHECKS = {
 # Graded exercises of the notebooks that are not part of the course contract.
 NOTEBOOK_CHECKS.update(FLEX_CHECKS)
 NOTEBOOK_CHECKS.update(merge_partials=check_merge_partials)
+NOTEBOOK_CHECKS.update(triton_flash_dq=check_triton_flash_dq)
 assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
 
 __all__ = ["CHECKS", "NOTEBOOK_CHECKS", *(f"check_{name}" for name in CHECKS), "check_induction_score",
            "check_merge_partials",
+           "check_triton_flash_dq",
            "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS)]

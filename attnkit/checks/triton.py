@@ -143,6 +143,22 @@ def _cases(on_gpu: bool):
     ]
 
 
+def _call(c: Checker, label: str, *args):
+    """``c.call``, with a stub kernel reported as not implemented: ``raise NotImplementedError``
+    in a ``@triton.jit`` body reaches us wrapped in the interpreter's error (or, on a GPU, as a
+    compilation error that quotes it)."""
+    try:
+        return c.call(label, *args)
+    except AssertionError as e:
+        cause = e.__cause__
+        while cause is not None:
+            if isinstance(cause, NotImplementedError) or "NotImplementedError" in str(cause):
+                raise AssertionError(f"{c.name}: not implemented yet. Your kernel still raises NotImplementedError: "
+                                     f"replace it with the kernel's body.") from None
+            cause = cause.__cause__
+        raise
+
+
 def check_triton_flash_forward(fn) -> str:
     """Check ``fn(q, k, v (B, H, N, d), is_causal=False) -> (out (B, H, N, d), lse (B, H, N))``, a Triton kernel."""
     from ._triton import count_launches  # imports triton: only when a check runs
@@ -158,7 +174,7 @@ def check_triton_flash_forward(fn) -> str:
         want, want_lse = naive(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(), causal)
         q, k, v = (_slack(t.to(dtype).to(device)) for t in (q, k, v))
         with count_launches() as launched:
-            got = c.call(label, q, k, v, causal)
+            got = _call(c, label, q, k, v, causal)
         if not launched:
             c.fail(label, NO_KERNEL_HINT)
         if not (isinstance(got, tuple) and len(got) == 2):
@@ -194,6 +210,72 @@ def check_triton_flash_forward(fn) -> str:
                           f"{getattr(lse, 'dtype', type(lse).__name__)}")
         c.expect(label, lse.float(), want_lse, what="log-sum-exp", tol=tol_lse, wrong=wrong_lse, otherwise=otherwise)
     return c.passed("causal and not, float16, d = 40, ragged N, a kernel launched, no PyTorch attention")
+
+
+DQ_NO_DELTA_HINT = ("the delta term is missing: dS = P * (dP - delta) with delta = rowsum(dO * O), one number "
+                    "per query row (load it like lse)")
+DQ_SCALE_HINT = "dq misses the factor 1/sqrt(d): S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d)"
+DQ_LSE_HINT = ("P was rebuilt with exp2 from a natural-log lse: exp2(s * qk_scale - lse) needs lse in base 2 too "
+               "(lse * log2(e)), or use exp(s * sm_scale - lse)")
+DQ_CAUSAL_HINT = "is_causal was ignored in the backward pass: set P to 0 for keys after each query, as in the forward"
+
+
+def _dq(q, k, v, out, lse, d_out, causal, *, delta=True, scale=True, lse_base2=False, mask=True):
+    """dQ of attention, recomputed from lse (float64), with switches for known mistakes."""
+    sm = 1 / math.sqrt(q.shape[-1])
+    s = (q @ k.transpose(-2, -1)) * sm  # (B, H, N, N)
+    live = torch.isfinite(lse)
+    lse = torch.where(live, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    p = torch.exp2(s * math.log2(math.e) - lse) if lse_base2 else torch.exp(s - lse)  # the mistake: lse left natural
+    p = p * live.unsqueeze(-1)
+    if causal and mask:
+        p = p * causal_mask(q.shape[-2], k.shape[-2])
+    dp = d_out @ v.transpose(-2, -1)
+    D = (d_out * out).sum(-1, keepdim=True) if delta else 0.0
+    return (p * (dp - D)) @ k * (sm if scale else 1.0)
+
+
+def check_triton_flash_dq(fn) -> str:
+    """Check ``fn(q, k, v, out, lse, d_out, is_causal=False) -> dq (B, H, N, d)`` against autograd."""
+    from ._triton import count_launches
+
+    device = _triton.device()
+    c = Checker("triton_flash_dq", fn)
+    g = gen(112)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    for label, B, H, N, d, causal in [("N = 32, d = 16", 1, 2, 32, 16, False), ("causal, N = 48, d = 32", 1, 1, 48, 32, True),
+                                      ("ragged: N = 19, causal", 2, 1, 19, 16, True)]:
+        c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
+                    _reference_functions(), hint="Rebuild P and accumulate dS K inside your @triton.jit kernel.",
+                    forbid_shape=(N, N))
+        q, k, v, d_out = (randn(g, B, H, N, d).to(dtype).double() for _ in range(4))
+        leaf = q.clone().requires_grad_()
+        out64, lse64 = naive(leaf, k, v, causal)
+        (want,) = torch.autograd.grad(out64, leaf, d_out)
+        out64, lse64 = out64.detach(), lse64.detach()
+        args = [_slack(t.to(dtype).to(device)) for t in (q, k, v, out64)]
+        args += [lse64.float().to(device).contiguous(), _slack(d_out.to(dtype).to(device))]
+        with count_launches() as launched:
+            got = _call(c, label, *args, causal)
+        if not launched:
+            c.fail(label, NO_KERNEL_HINT.replace("triton_flash_forward", "triton_flash_dq"))
+        qd, kd, vd, od = (t.detach().cpu().double() for t in args[:4])
+        ld, dd = args[4].cpu().double(), args[5].cpu().double()
+        plain = _dq(*(t.float() for t in (qd, kd, vd, od, ld, dd)), causal)  # the same inputs, in float32
+        err = (plain.double() - want).abs().max().item()
+        base = TOLERANCE.get(dtype, TOLERANCE[torch.float16])
+        floor = (base["atol"] + base["rtol"]) * (8 if dtype == torch.float16 else 1)  # fp16: dS is rounded for tl.dot
+        tol = dict(rtol=floor / 10, atol=max(4 * err, floor))  # P can be large where a mistake unmasks it
+        if isinstance(got, torch.Tensor) and torch.isnan(got.detach().float()).any():
+            c.fail(label, NAN_HINT)
+        wrong = [(_dq(qd, kd, vd, od, ld, dd, causal, delta=False), DQ_NO_DELTA_HINT),
+                 (_dq(qd, kd, vd, od, ld, dd, causal, scale=False), DQ_SCALE_HINT),
+                 (_dq(qd, kd, vd, od, ld, dd, causal, lse_base2=True), DQ_LSE_HINT)]
+        if causal:
+            wrong.append((_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT))
+        c.expect(label, got, want, what="dq", dtype=dtype, tol=tol, wrong=wrong,
+                 otherwise=RAGGED_HINT if N % 16 else None)
+    return c.passed("causal and not, ragged N, against autograd, a kernel launched")
 
 
 def _reference_functions():
