@@ -180,7 +180,7 @@ METHODS = {m.name: m for m in [
     Method("flash", _flash, True, 2,
            lambda cfg, n: 6 * _bh(cfg) * min(cfg.flash_block[0], n) * min(cfg.flash_block[1], n) * 4 + 3 * _out_bytes(cfg, n),
            lambda cfg: f"exact, tiles {cfg.flash_block[0]}x{cfg.flash_block[1]}"),
-    Method("sliding", _sliding, False, 1, lambda cfg, n: 8 * _bh(cfg) * n * min(2 * cfg.window, n) * 4 + 2 * _out_bytes(cfg, n),
+    Method("sliding", _sliding, False, 1, lambda cfg, n: 6 * _bh(cfg) * 256 * (256 + cfg.window) * 4 + 2 * _out_bytes(cfg, n),
            lambda cfg: f"approx.: causal window {cfg.window}", needs=("sliding_window_attention", "sparse")),
     Method("linear", _linear, False, 1,
            lambda cfg, n: (2 * _bh(cfg) * n * cfg.head_dim ** 2 * 4 if cfg.causal else 0) + 4 * _out_bytes(cfg, n),
@@ -363,7 +363,8 @@ def measure(methods: Sequence[str] | None = None, ns: Sequence[int] = DEFAULT_NS
 
     Keys: ``method, kind, exact, n, time_ms, peak_mib, err_exact, err_own, note`` (a missing
     number is ``None``; ``note`` says why). ``time_ms`` is the median of ``repeats`` calls
-    after one warm-up call (fewer calls when one takes over 4 s); methods run interleaved.
+    after one warm-up call (fewer when one call takes over 4 s, and only the warm-up call past
+    20 s); methods run interleaved.
     ``memory=False`` skips the subprocess measurements. ``threads=0`` uses every core.
     """
     methods = _check_methods(available_methods() if methods is None else methods)
@@ -436,14 +437,18 @@ def _measure_n(methods, n, cfg, repeats, errors, max_seconds, limit, max_ref_n, 
         except Exception as exc:  # noqa: BLE001 - one broken method must not sink the others
             row["note"] = f"failed: {type(exc).__name__}: {exc}"
             live.remove((m, row))
-    # fewer calls (at least 1) when one call takes over 4 s: at most ~20 s per (method, N)
-    budget = {name: repeats if t < 4 else max(1, min(repeats, int(20 / t))) for name, t in warm.items()}
+    # fewer calls when one takes over 4 s (about 20 s per (method, N)); none past 20 s: the
+    # warm-up call is then the only timing
+    budget = {name: repeats if t < 4 else min(repeats, int(20 / t)) for name, t in warm.items()}
     times = {m.name: [] for m, _ in live}
     for r in range(repeats):  # round-robin: every method sees the same load
         for m, _ in live:
             if r < budget[m.name]:
                 times[m.name].append(_time_call(lambda: m.run(q, k, v, cfg))[0])
     for m, row in live:
+        if not times[m.name]:
+            times[m.name] = [warm[m.name]]
+            row["note"] = "timed once (the warm-up call)"
         median = statistics.median(times[m.name])
         row["time_ms"] = median * 1e3
         per_call[m.name] = (n, max(median, 1e-6))
