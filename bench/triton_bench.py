@@ -91,13 +91,10 @@ def _timer(interpret: bool):
         return lambda fn, grads: do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
 
     def wall(fn, grads):
+        fn()  # a warm-up call, then one timed call: these numbers only show the plumbing works
+        start = time.perf_counter()
         fn()
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return (time.perf_counter() - start) * 1e3
     return wall
 
 
@@ -237,7 +234,7 @@ def main(argv=None) -> dict:
     if not args.no_cs336:
         setting = dict(CS336)
         if args.tiny:
-            setting.update(H=2, N=64, d=16, dtype="float16")  # a stand-in with the same shape of call
+            setting.update(H=1, N=32, d=16, dtype="float16")  # a stand-in with the same shape of call
         elif device.type == "cuda" and torch.cuda.get_device_capability() < (8, 0):
             setting["dtype"] = "float16"
         cs336_rows = run_case(setting["B"], setting["H"], setting["N"], setting["d"], setting["dtype"], True,

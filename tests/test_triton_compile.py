@@ -18,6 +18,8 @@ import pytest
 
 COMPILE = textwrap.dedent("""
     import json, os, subprocess, sys, tempfile
+    import attnkit, attnkit.checks
+    lazy = "triton" not in sys.modules  # the Triton names of attnkit and its checkers load on first use
     os.environ["TRITON_INTERPRET"] = "0"
     import torch, triton
     from attnkit import triton_flash as tf
@@ -35,7 +37,7 @@ COMPILE = textwrap.dedent("""
             rows.append(dict(kernel=kernel, d=d, dtype=dtype, config=config, shared=k.metadata.shared,
                              regs=int(fields["REG"]), stack=int(fields["STACK"]), local=int(fields["LOCAL"]),
                              mma="mma." in k.asm["ptx"]))
-    print(json.dumps(rows))
+    print(json.dumps(dict(lazy=lazy, rows=rows)))
 """)
 
 SHARED_PER_BLOCK = {75: 64 * 1024, 80: 163 * 1024, 90: 227 * 1024}  # bytes, CUDA programming guide
@@ -59,8 +61,12 @@ def compiled(request):
     return cc, json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def test_import_attnkit_and_its_checkers_does_not_import_triton(compiled):
+    assert compiled[1]["lazy"]
+
+
 def test_every_configuration_builds_and_fits_shared_memory(compiled):
-    cc, rows = compiled
+    cc, rows = compiled[0], compiled[1]["rows"]
     expected = sum(len(_configs(kernel, cc, d, dtype)) for kernel, d, dtype in JOBS[cc])
     assert len(rows) == expected
     for row in rows:
@@ -71,7 +77,7 @@ def test_every_configuration_builds_and_fits_shared_memory(compiled):
 def test_no_register_spills_where_it_matters(compiled):
     """Tensor-core GPUs: no spills at all. sm_75's FMA path keeps whole-d operand rows in
     registers, so at d = 128 it spills (the notebook says so); at d <= 64 it must not."""
-    cc, rows = compiled
+    cc, rows = compiled[0], compiled[1]["rows"]
     for row in rows:
         if cc >= 80 or row["d"] <= 64:
             assert row["stack"] == 0, f"register spills: {row}"
@@ -79,7 +85,7 @@ def test_no_register_spills_where_it_matters(compiled):
 
 
 def test_tensor_cores_on_sm80_and_sm90_and_none_on_sm75(compiled):
-    cc, rows = compiled
+    cc, rows = compiled[0], compiled[1]["rows"]
     for row in rows:
         if row["kernel"] == "preprocess":
             continue

@@ -7,9 +7,6 @@ program x block steps per test). Tolerances are relative to the measured error o
 PyTorch implementation in the same dtype."""
 
 import math
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,9 +238,7 @@ def test_lazy_exports():
     assert attnkit.triton_flash_forward is tf.triton_flash_forward
     assert attnkit.TritonFlashAttention is tf.TritonFlashAttention
     assert {"triton_flash_forward", "TritonFlashAttention"} <= set(dir(attnkit)) & set(attnkit.__all__)
-    run = subprocess.run([sys.executable, "-c", "import sys, attnkit, attnkit.checks; print('triton' in sys.modules)"],
-                         capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "False"
+    # that `import attnkit` does not import triton is checked in a fresh process by test_triton_compile.py
 
 
 # ---------------------------------------------------------------------------------------------

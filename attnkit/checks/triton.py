@@ -130,16 +130,21 @@ def _tolerance(q, k, v, causal, want, want_lse):
 
 
 def _cases(on_gpu: bool):
-    """(label, B, H, N, d, causal, dtype, kind) from easy to awkward; float16 throughout on a GPU
-    (a float32 tl.dot on a GPU rounds to TF32 unless told otherwise)."""
+    """(label, B, H, N, d, causal, dtype, kind) from easy to awkward. On a GPU: float16 throughout
+    (a float32 tl.dot there rounds to TF32 unless told otherwise) and lengths of several 64-wide
+    blocks; under the interpreter, 16-wide blocks and lengths that keep it quick."""
     f32 = torch.float16 if on_gpu else torch.float32
+
+    def n(cpu, gpu):
+        return gpu if on_gpu else cpu
+
     return [
-        ("N = 64, d = 16", 1, 2, 64, 16, False, f32, "basic"),
-        ("causal, N = 64, d = 32", 2, 1, 64, 32, True, f32, "basic"),
-        ("float16, causal, N = 32, d = 16", 1, 2, 32, 16, True, torch.float16, "basic"),
-        ("head dim d = 40 (not a power of two), N = 32", 1, 1, 32, 40, False, f32, "head_dim"),
-        ("ragged: N = 19, causal", 1, 2, 19, 16, True, f32, "ragged"),
-        ("ragged: N = 33", 1, 1, 33, 16, False, f32, "ragged"),
+        (f"N = {n(48, 256)}, d = 16", 1, 2, n(48, 256), 16, False, f32, "basic"),
+        (f"causal, N = {n(48, 256)}, d = 32", 1, 1, n(48, 256), 32, True, f32, "basic"),
+        (f"float16, causal, N = {n(32, 128)}, d = 16", 1, 2, n(32, 128), 16, True, torch.float16, "basic"),
+        (f"head dim d = 40 (not a power of two), N = {n(32, 128)}", 1, 1, n(32, 128), 40, False, f32, "head_dim"),
+        (f"ragged: N = {n(19, 131)}, causal", 1, 2, n(19, 131), 16, True, f32, "ragged"),
+        (f"ragged: N = {n(33, 200)}", 1, 1, n(33, 200), 16, False, f32, "ragged"),
     ]
 
 
@@ -243,8 +248,10 @@ def check_triton_flash_dq(fn) -> str:
     c = Checker("triton_flash_dq", fn)
     g = gen(112)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    for label, B, H, N, d, causal in [("N = 32, d = 16", 1, 2, 32, 16, False), ("causal, N = 48, d = 32", 1, 1, 48, 32, True),
-                                      ("ragged: N = 19, causal", 2, 1, 19, 16, True)]:
+    big = device.type == "cuda"  # several 64-wide blocks on a GPU
+    for label, B, H, N, d, causal in [(f"N = {128 if big else 32}, d = 16", 1, 2, 128 if big else 32, 16, False),
+                                      (f"causal, N = {192 if big else 48}, d = 32", 1, 1, 192 if big else 48, 32, True),
+                                      (f"ragged: N = {131 if big else 19}, causal", 2, 1, 131 if big else 19, 16, True)]:
         c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
                     _reference_functions(), hint="Rebuild P and accumulate dS K inside your @triton.jit kernel.",
                     forbid_shape=(N, N))
@@ -274,7 +281,7 @@ def check_triton_flash_dq(fn) -> str:
         if causal:
             wrong.append((_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT))
         c.expect(label, got, want, what="dq", dtype=dtype, tol=tol, wrong=wrong,
-                 otherwise=RAGGED_HINT if N % 16 else None)
+                 otherwise=RAGGED_HINT if N % 16 else None)  # ragged for every block size
     return c.passed("causal and not, ragged N, against autograd, a kernel launched")
 
 
