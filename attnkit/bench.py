@@ -8,7 +8,9 @@ FlashAttention (Dao et al. 2022), banded sliding-window attention (Beltagy et al
 side, and reports for each ``(method, N)``:
 
 - **time**: the median of a few calls after a warm-up call, all methods in one process and
-  interleaved round by round, so a burst of load from elsewhere hits every method alike;
+  interleaved round by round, so a burst of load from elsewhere hits every method alike, with
+  torch using every core (``OMP_NUM_THREADS`` where the environment sets it; the table header
+  says how many);
 - **peak extra memory**: in a fresh process per ``(method, N)`` (a child forked from a
   worker that has imported torch but never computed, ``python -m attnkit._bench_worker``):
   the resident-set high-water mark during the call minus the resident set just before it,
@@ -54,6 +56,7 @@ import math
 import os
 import pathlib
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,10 +88,10 @@ class Config:
     window: int = 256
     flash_block: tuple[int, int] = (512, 512)
     chunk: int = 1024
-    threads: int = 0  # 0: every core this process may use
+    threads: int = 0  # 0: OMP_NUM_THREADS where set, else every core this process may use
 
     def n_threads(self) -> int:
-        return self.threads or cores()
+        return self.threads or default_threads()
 
     def inputs(self, n: int, seed: int = 0):
         """Seeded ``q, k, v (B, H, N, d)`` in float32."""
@@ -103,6 +106,13 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when the environment sets it (a test runner or a shared machine
+    asking for fewer threads), else :func:`cores`."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else cores()
 
 
 def naive_attention(q, k, v, causal=False):
@@ -275,17 +285,24 @@ def _run_worker(jobs: list[dict], timeout: float) -> list[dict]:
     batches = [jobs] if fork else [[j] for j in jobs]  # without fork: one fresh process per job
     results = []
     for batch in batches:
+        # its own session, so that a timeout ends the worker and any child it forked
+        proc = subprocess.Popen([sys.executable, "-m", "attnkit._bench_worker"] + ([] if fork else ["--no-fork"]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, start_new_session=True)
         try:
-            proc = subprocess.run([sys.executable, "-m", "attnkit._bench_worker"] + ([] if fork else ["--no-fork"]),
-                                  input=json.dumps(batch), capture_output=True, text=True, env=env,
-                                  timeout=timeout)
+            stdout, stderr = proc.communicate(json.dumps(batch), timeout=timeout)
+            why = f"the memory worker failed (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
-            results += [{"error": f"the memory worker took over {timeout:.0f} s"}] * len(batch)
-            continue
-        lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            stdout, stderr = proc.communicate()
+            why = f"the memory worker took over {timeout:.0f} s"
+        lines = [json.loads(l) for l in stdout.splitlines() if l.startswith("{")]
         if len(lines) != len(batch):
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            lines += [{"error": f"the memory worker failed (exit {proc.returncode}): {tail}"}] * (len(batch) - len(lines))
+            tail = (stderr.strip().splitlines() or ["no output"])[-1]
+            lines += [{"error": f"{why}: {tail}"}] * (len(batch) - len(lines))
         results += lines
     return results
 
@@ -365,7 +382,8 @@ def measure(methods: Sequence[str] | None = None, ns: Sequence[int] = DEFAULT_NS
     number is ``None``; ``note`` says why). ``time_ms`` is the median of ``repeats`` calls
     after one warm-up call (fewer when one call takes over 4 s, and only the warm-up call past
     20 s); methods run interleaved.
-    ``memory=False`` skips the subprocess measurements. ``threads=0`` uses every core.
+    ``memory=False`` skips the subprocess measurements. ``threads=0`` uses every core (or
+    ``OMP_NUM_THREADS`` where the environment sets it).
     """
     methods = _check_methods(available_methods() if methods is None else methods)
     ns = _check_ns(ns)
@@ -519,7 +537,7 @@ def naive_check_lines(rows: list[dict], cfg: Config) -> list[str]:
 def machine_info(cfg: Config | None = None) -> dict:
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "threads": cfg.n_threads() if cfg else cores(),
+            "threads": cfg.n_threads() if cfg else default_threads(),
             "physical_memory_gib": round((physical_memory() or 0) / 2 ** 30, 1)}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -639,7 +657,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flash-block", type=_positive, nargs=2, metavar=("BQ", "BK"),
                    help="FlashAttention tile (default 512 512)")
     p.add_argument("--chunk", type=_positive, help="chunked attention's query chunk (default 1024)")
-    p.add_argument("--threads", type=_positive, help="torch threads (default: every core)")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: OMP_NUM_THREADS if set, else every core)")
     p.add_argument("--stem", default=None, help="file stem for --out (default efficient-attention-cpu[-causal])")
     p.add_argument("--sweep-flash", action="store_true",
                    help="instead: time FlashAttention for several block sizes at each --n, next to SDPA")

@@ -152,3 +152,16 @@ def test_a_method_that_raises_is_reported_not_fatal(monkeypatch):
     monkeypatch.setitem(bench.METHODS, "linear", bench.dataclasses.replace(bench.METHODS["linear"], run=broken))
     rows = bench.measure(["linear", "sdpa"], [32], heads=1, head_dim=8, memory=False, repeats=1, threads=1)
     assert rows[0]["note"] == "failed: RuntimeError: boom" and rows[1]["time_ms"] is not None
+
+
+def test_threads_default_to_every_core_unless_the_environment_limits_them(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert bench.Config().n_threads() == bench.cores() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert bench.Config().n_threads() == 1 and bench.Config(threads=3).n_threads() == 3
+
+
+def test_a_memory_worker_past_its_time_limit_is_ended_and_reported():
+    cfg = bench.Config(heads=1, head_dim=8, threads=1)
+    result, = bench._run_worker([bench._job("naive", 64, cfg, 30)], timeout=0.05)
+    assert result["error"].startswith("the memory worker took over 0 s")
