@@ -24,6 +24,7 @@ import torch
 
 from . import _validate as chk
 from .flash import _prepare
+from .softmax import softmax
 
 
 def _partial(qc, kc, vc, allowed):
@@ -57,21 +58,31 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
     Nq, d = q.shape[-2:]
     Nk, dv = k.shape[-2], v.shape[-1]
     offset = Nk - Nq  # query i sits at absolute position i + offset
-    step_k = key_chunk or max(Nk, 1)
     out = q.new_zeros(*q.shape[:-2], Nq, dv)
     for qs in range(0, Nq, query_chunk):
         qe = min(qs + query_chunk, Nq)
         qc = q[..., qs:qe, :] / math.sqrt(d)  # (..., cq, d)
-        acc = q.new_zeros(*q.shape[:-2], qe - qs, dv)
-        lse = q.new_full((*q.shape[:-2], qe - qs), float("-inf"))
         k_end = min(Nk, qe + offset) if is_causal else Nk  # later keys are in every query's future
-        for ks in range(0, max(k_end, 0), step_k):
-            ke = min(ks + step_k, Nk)
-            allowed = None
-            if is_causal and ke - 1 > qs + offset:  # the chunk crosses the diagonal
-                i = torch.arange(qs, qe, device=q.device).unsqueeze(1) + offset  # (cq, 1)
-                allowed = torch.arange(ks, ke, device=q.device).unsqueeze(0) <= i  # (cq, ck)
+        if k_end <= 0:
+            continue  # every query of the chunk comes before the first key: zeros
+        if key_chunk is None:  # one pass over all visible keys: an ordinary softmax of a (cq, k_end) slice
+            s = qc @ k[..., :k_end, :].transpose(-2, -1)  # (..., cq, k_end)
+            allowed = _allowed(qs, qe, 0, k_end, offset, q.device) if is_causal else None
+            if allowed is not None:
+                s = s.masked_fill(~allowed, float("-inf"))
+            out[..., qs:qe, :] = softmax(s, dim=-1) @ v[..., :k_end, :]
+            continue
+        acc = lse = None
+        for ks in range(0, k_end, key_chunk):
+            ke = min(ks + key_chunk, Nk)
+            allowed = _allowed(qs, qe, ks, ke, offset, q.device) if is_causal and ke - 1 > qs + offset else None
             part, part_lse = _partial(qc, k[..., ks:ke, :], v[..., ks:ke, :], allowed)
-            acc, lse = merge_partials(acc, lse, part, part_lse)
+            acc, lse = (part, part_lse) if acc is None else merge_partials(acc, lse, part, part_lse)
         out[..., qs:qe, :] = acc
     return out
+
+
+def _allowed(qs, qe, ks, ke, offset, device):
+    """Bottom-right causal mask of one (query chunk, key chunk) tile: ``(cq, ck)``."""
+    i = torch.arange(qs, qe, device=device).unsqueeze(1) + offset  # (cq, 1) absolute positions
+    return torch.arange(ks, ke, device=device).unsqueeze(0) <= i  # (cq, ck)
