@@ -9,7 +9,8 @@ that one program instance handles one tile of rows and the tiles live in SRAM/re
   ``BLOCK_N`` keys with a running max ``m``, a running sum ``l`` and an fp32 accumulator,
   rescaled whenever ``m`` grows; divide by ``l`` once at the end; store ``out`` and the
   log-sum-exp ``lse = m + log(l)`` (natural log, float32).
-* backward (FlashAttention-2's split, no atomics): a preprocess kernel ``delta = rowsum(dO * O)``;
+* backward, no atomics (every gradient has one writer, as in the Triton tutorial; FlashAttention-2's
+  CUDA kernel instead adds dQ with atomics, Dao 2023 section 3.2): a preprocess kernel ``delta = rowsum(dO * O)``;
   a dK/dV kernel, one program per block of keys, looping over the query blocks that can see
   those keys; a dQ kernel, one program per block of queries, looping over key blocks. Each
   rebuilds ``P = exp(S - lse)`` tile by tile instead of storing it.
