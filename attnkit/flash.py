@@ -101,9 +101,11 @@ def flash_attention_backward(q, k, v, out, lse, d_out, is_causal: bool = False, 
         for qs in range((q_start // block_q) * block_q, Nq, block_q):
             qe = min(qs + block_q, Nq)
             s = (q[..., qs:qe, :] @ kb.transpose(-2, -1)) * scale  # recompute the score tile
-            p = torch.exp(s - lse_safe[..., qs:qe].unsqueeze(-1)) * live[..., qs:qe].unsqueeze(-1)
+            allowed = live[..., qs:qe].unsqueeze(-1)  # (..., bq, 1): rows that saw some key
             if is_causal:
-                p = p * _tile_mask(qs, qe, ks, ke, offset, q.device)
+                allowed = allowed & _tile_mask(qs, qe, ks, ke, offset, q.device)
+            # mask *before* exp: a masked score far above lse would overflow to inf, and inf * 0 = NaN
+            p = torch.exp((s - lse_safe[..., qs:qe].unsqueeze(-1)).masked_fill(~allowed, float("-inf")))
             do = d_out[..., qs:qe, :]
             dv[..., ks:ke, :] += p.transpose(-2, -1) @ do
             dp = do @ vb.transpose(-2, -1)

@@ -86,18 +86,22 @@ def backward_ok(q, k, v, out, lse, d_out, is_causal=False):
 
 
 
-def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, block=8):
-    """A tiled backward with switches for two classic mistakes."""
+def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, mask_after_exp=False, block=8):
+    """A tiled backward with switches for three classic mistakes."""
     nq, nk, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     D = torch.zeros_like(lse) if drop_d else (d_out * out).sum(-1)
     for qs in range(0, nq, block):
         for ks in range(0, nk, block):
             qb, kb, vb, do = q[..., qs:qs + block, :], k[..., ks:ks + block, :], v[..., ks:ks + block, :], d_out[..., qs:qs + block, :]
-            p = torch.exp(qb @ kb.transpose(-2, -1) * scale - lse[..., qs:qs + block, None])
-            if is_causal and not drop_mask:
-                i = torch.arange(qs, qs + qb.shape[-2])[:, None] + nk - nq
-                p = p * (torch.arange(ks, ks + kb.shape[-2])[None, :] <= i)
+            s = qb @ kb.transpose(-2, -1) * scale - lse[..., qs:qs + block, None]
+            i = torch.arange(qs, qs + qb.shape[-2])[:, None] + nk - nq
+            allowed = torch.arange(ks, ks + kb.shape[-2])[None, :] <= i
+            if is_causal and not drop_mask and not mask_after_exp:
+                s = s.masked_fill(~allowed, float("-inf"))
+            p = torch.exp(s)
+            if is_causal and mask_after_exp:
+                p = p * allowed  # exp of a masked score may already be inf: inf * 0 = NaN
             dv[..., ks:ks + block, :] += p.transpose(-2, -1) @ do
             ds = p * (do @ vb.transpose(-2, -1) - D[..., qs:qs + block, None])
             dq[..., qs:qs + block, :] += ds @ kb * scale
@@ -115,13 +119,16 @@ def linear_ok(q, k, v, causal=False):
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     if not causal:
         return torch.einsum("...nd,...de->...ne", fq, fk.transpose(-2, -1) @ v) / (fq @ fk.sum(-2)[..., None])
-    outs = []
+    nq, nk = q.shape[-2], k.shape[-2]
+    outs = [torch.zeros(*q.shape[:-2], v.shape[-1], dtype=q.dtype)] * max(nq - nk, 0)  # queries before every key
     state = torch.zeros(*q.shape[:-2], q.shape[-1], v.shape[-1], dtype=q.dtype)
     norm = torch.zeros(*q.shape[:-2], q.shape[-1], dtype=q.dtype)
-    for t in range(q.shape[-2]):  # the RNN form
+    for t in range(nk):  # the RNN form: add key t, then read the query at position t (if there is one)
         state = state + fk[..., t, :, None] * v[..., t, None, :]
         norm = norm + fk[..., t, :]
-        outs.append((fq[..., t, None, :] @ state).squeeze(-2) / (fq[..., t, :] * norm).sum(-1, keepdim=True))
+        i = t + nq - nk
+        if i >= 0:
+            outs.append((fq[..., i, None, :] @ state).squeeze(-2) / (fq[..., i, :] * norm).sum(-1, keepdim=True))
     return torch.stack(outs, -2)
 
 
@@ -143,17 +150,20 @@ WRONG = [
      "rowsum"),
     ("flash_attention_backward", lambda q, k, v, o, l, d, is_causal=False: _backward(q, k, v, o, l, d, is_causal, drop_mask=True),
      "ignored in the backward"),
+    ("flash_attention_backward", lambda q, k, v, o, l, d, is_causal=False: _backward(q, k, v, o, l, d, is_causal,
+                                                                                     mask_after_exp=True), "before exp"),
     ("flash_attention_backward", lambda q, k, v, o, l, d, is_causal=False: _backward(q, k, v, o, l, d, is_causal)[:2],
      "(dq, dk, dv)"),
     ("sliding_window_mask", lambda nq, nk, w: window_ok(nq, nk, w + 1), "off by one"),
     ("sliding_window_mask", lambda nq, nk, w: window_ok(nq, nk, 10**6), "ignored"),
     ("sliding_window_mask", lambda nq, nk, w: (torch.arange(nk)[None] <= torch.arange(nq)[:, None])
      & (torch.arange(nq)[:, None] - torch.arange(nk)[None] < w), "top left"),
-    ("linear_attention", lambda q, k, v, causal=False: (lambda fq, fk: (fq @ fk.transpose(-2, -1) *
-     (torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril() if causal else 1)) @ v)(F.elu(q) + 1, F.elu(k) + 1),
-     "normaliser"),
+    ("linear_attention", lambda q, k, v, causal=False: (lambda fq, fk: fq @ (fk.transpose(-2, -1) @ v))(
+        F.elu(q) + 1, F.elu(k) + 1), "normaliser"),
     ("linear_attention", lambda q, k, v, causal=False: linear_ok(q, k, v, not causal), "causal flag"),
-    ("linear_attention", lambda q, k, v, causal=False: torch.softmax(q @ k.transpose(-2, -1), -1) @ v, "softmax attention"),
+    ("linear_attention", lambda q, k, v, causal=False: torch.softmax(q @ k.transpose(-2, -1), -1) @ v, "instead of forming"),
+    ("linear_attention", lambda q, k, v, causal=False: (lambda w: w @ v / w.sum(-1, keepdim=True))(
+        (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-2, -1)), "instead of forming"),
 ]
 
 

@@ -68,7 +68,8 @@ def check_flash_attention_forward(fn) -> str:
     """Check ``fn(q, k, v, is_causal=False, block_q=64, block_k=64) -> (out, lse)``, tiled."""
     g = gen(91)
     cases = [("40 queries x 48 keys, blocks 16", 40, 48, False, 16, 16), ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8),
-             ("ragged: 37 x 37, blocks 16", 37, 37, True, 16, 16), ("causal, 12 new queries after 36 keys", 12, 48, True, 8, 16)]
+             ("ragged: 37 x 37, blocks 16", 37, 37, True, 16, 16), ("causal, 12 new queries after 36 keys", 12, 48, True, 8, 16),
+             ("causal, 20 queries but 12 keys: the first 8 queries see no key", 20, 12, True, 8, 8)]
     c = Checker("flash_attention_forward", fn)
     for label, nq, nk, causal, bq, bk in cases:
         c.ban = _flash_ban(nq, nk)  # the forbidden full-matrix shape changes with the case
@@ -78,6 +79,10 @@ def check_flash_attention_forward(fn) -> str:
             c.fail(label, "return (out, lse)")
         out, lse = got
         want, want_lse = _naive(q, k, v, causal)
+        dead = torch.isneginf(want_lse)
+        if dead.any() and isinstance(out, torch.Tensor) and out.shape == want.shape and torch.isnan(out[dead]).any():
+            c.fail(label, "NaN for a query that sees no key: it must get zeros and lse = -inf; guard exp(m - m') "
+                          "while m is still -inf, and the division by l = 0")
         c.expect(label, out, want, what="output", dtype=q.dtype, wrong=[
             (_naive(q, k, v, False)[0], "is_causal was ignored: mask keys after each query (bottom-right aligned)"),
         ])
@@ -92,10 +97,12 @@ def check_flash_attention_backward(fn) -> str:
     g = gen(92)
     c = Checker("flash_attention_backward", fn)
     # Larger than the usual tiles (64 or 128), so a tiled backward never holds all of (Nq, Nk) at once.
-    for label, nq, nk, causal in [("130 x 150", 130, 150, False), ("causal 144 x 144", 144, 144, True),
-                                  ("causal 20 x 150", 20, 150, True)]:
+    for label, nq, nk, causal, sharp in [("130 x 150", 130, 150, False, 1.0), ("causal 144 x 144", 144, 144, True, 1.0),
+                                         ("causal 20 x 150", 20, 150, True, 1.0),
+                                         ("causal 130 x 130, large scores", 130, 130, True, 400.0)]:
         c.ban = _flash_ban(nq, nk)
         q, k, v = (randn(g, 1, 2, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
+        q = (q.detach() * sharp).requires_grad_()  # sharp: masked scores far above lse overflow exp
         d_out = randn(g, 1, 2, nq, 8, dtype=torch.float64)
         out, lse = _naive(q, k, v, causal)
         out.backward(d_out)
@@ -104,6 +111,9 @@ def check_flash_attention_backward(fn) -> str:
         got = c.call(label, q, k, v, out, lse, d_out, causal)
         if not (isinstance(got, tuple) and len(got) == 3):
             c.fail(label, "return (dq, dk, dv)")
+        if any(isinstance(t, torch.Tensor) and torch.isnan(t).any() for t in got):
+            c.fail(label, "NaN in the gradients: set masked scores to -inf before exp (exp of a masked score far "
+                          "above lse overflows to inf, and inf * 0 = NaN); a query with lse = -inf contributes nothing")
         no_d = flash.flash_attention_backward(q, k, v, torch.zeros_like(out), lse, d_out, causal)
         no_mask = flash.flash_attention_backward(q, k, v, out, lse, d_out, False) if causal else None
         for name, g_, w_, i in zip(("dq", "dk", "dv"), got, want, range(3)):
@@ -139,20 +149,27 @@ def check_sliding_window_mask(fn) -> str:
 
 def check_linear_attention(fn) -> str:
     """Check ``fn(q, k, v, causal=False)`` with feature map ``elu(x) + 1``."""
-    c = Checker("linear_attention", fn, Ban(python=(linear.linear_attention,),
-                                            hint="Apply elu(x) + 1, then share sum_j phi(k_j) v_j^T across queries."))
+    c = Checker("linear_attention", fn)
     g = gen(93)
-    for label, causal in [("non-causal", False), ("causal", True)]:
-        q, k, v = randn(g, 2, 3, 11, 4), randn(g, 2, 3, 11, 4), randn(g, 2, 3, 11, 5)
+    for label, causal, nq, nk in [("non-causal", False, 11, 11), ("causal", True, 11, 11),
+                                  ("causal, 7 new queries after 6 keys", True, 7, 13),
+                                  ("causal, 13 queries but 7 keys: the first 6 see no key and get zeros", True, 13, 7),
+                                  ("non-causal, 7 queries x 13 keys", False, 7, 13)]:
+        c.ban = Ban(python=(linear.linear_attention,), forbid_shape=(nq, nk),
+                    hint="Apply elu(x) + 1, then share sum_j phi(k_j) v_j^T across queries instead of forming "
+                         "the (Nq, Nk) weights.")
+        q, k, v = randn(g, 2, 3, nq, 4), randn(g, 2, 3, nk, 4), randn(g, 2, 3, nk, 5)
         got = c.call(label, q, k, v, causal)
         qd, kd, vd = q.double(), k.double(), v.double()
         fq, fk = F.elu(qd) + 1, F.elu(kd) + 1
         w = fq @ fk.transpose(-2, -1)
         if causal:
-            w = w * torch.ones(11, 11, dtype=torch.bool).tril()
+            w = w * torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq)
+        if isinstance(got, torch.Tensor) and got.shape == (2, 3, nq, 5) and torch.isnan(got).any():
+            c.fail(label, "NaN for a query that sees no key: its normaliser is 0; return zeros for it")
         c.expect(label, got, linear.linear_attention(qd, kd, vd, causal), dtype=q.dtype, wrong=[
             (w @ vd, "no normaliser: divide by phi(q_i) . sum_j phi(k_j)"),
             (linear.linear_attention(qd, kd, vd, not causal), "the causal flag is ignored or inverted"),
             (reference_softmax(qd @ kd.transpose(-2, -1), -1) @ vd, "that is softmax attention; use phi(x) = elu(x) + 1"),
         ])
-    return c.passed("causal and not, batched")
+    return c.passed("causal and not, Nq != Nk both ways, batched, no (Nq, Nk) weights")
