@@ -290,6 +290,7 @@ WRONG = [
     ("sliding_window_mask_mod", lambda w: lambda b, h, q, k: ((k <= q) & (q - k < w)).int(), "bool tensor"),
     ("sliding_window_mask_mod", lambda w: attnkit.sliding_window_mask(64, 64, w), "return a function"),
     ("sliding_window_mask_mod", lambda w: flex.sliding_window(1, 1, w), "calls"),
+    ("sliding_window_mask_mod", lambda b, h, q, k: k <= q, "is a factory"),
     ("alibi_score_mod", alibi_with(attnkit.alibi_slopes, sign=1.0), "wrong sign"),
     ("alibi_score_mod", alibi_with(lambda n: attnkit.alibi_slopes(n).flip(0)), "reverse order"),
     ("alibi_score_mod", alibi_with(attnkit.alibi_slopes, distance=lambda q, k: q - k), "absolute distance"),
@@ -298,6 +299,8 @@ WRONG = [
     ("alibi_score_mod", alibi_with(attnkit.alibi_slopes, keep_score=False), "score is gone"),
     ("alibi_score_mod", alibi_with(lambda n: torch.tensor([2.0 ** (-8 * (h + 1) / n) for h in range(n)])),
      "not a power of two"),
+    ("alibi_score_mod", lambda n: lambda score, b, h, q, k: score - 2.0 ** (-8 * (h + 1) / n) * (q - k).abs(),
+     "not a power of two"),  # the same formula computed in float32 inside the score_mod
     ("alibi_score_mod", alibi_item, "torch.vmap"),
     ("alibi_score_mod", lambda n: flex.alibi(n, 1, 1), "calls"),
     ("document_mask_mod", lambda ids: lambda b, h, q, k: ids[q] >= ids[k], "other documents"),
@@ -307,6 +310,7 @@ WRONG = [
     ("document_mask_mod", lambda ids: lambda b, h, q, k: q >= 0, "every token sees every token"),
     ("document_mask_mod", lambda ids: lambda b, h, q, k: bool(ids[q] == ids[k]), "torch.vmap"),
     ("document_mask_mod", lambda ids: flex.document(ids), "calls"),
+    ("document_mask_mod", lambda: doc_ok, "is a factory"),
 ]
 
 
