@@ -39,6 +39,7 @@ import sys
 import nbformat
 import pytest
 
+from attnkit import widgets as W
 from grader import course
 from grader import notebooks as nbs
 
@@ -175,28 +176,78 @@ def _is_explorer(o):
     return issubclass(type(o), _W.Explorer)  # type(), not isinstance: proxies and lazy modules stay untouched
 
 
-_explorers = list({id(o): o for o in _gc.get_objects() if _is_explorer(o)}.values())
-_moved = []
-for _e in _explorers:
-    _name = type(_e).__name__
-    assert getattr(_e, "_live", False), f"{_name}.show() took the still-figure path on a kernel with a front end"
-    _draws = []
-    _e.draw = (lambda draw: lambda: (_draws.append(1), draw())[1])(_e.draw)  # count redraws
-    for _c_name, _control in _e.controls.items():
-        _targets, _start = _moves(_control)
-        _changed = False
-        for _t in _targets:
-            _before, _n, _d = _snapshot(_e.state), _e.updates, len(_draws)
-            _send(_control, _t)
-            # one update or more: a control may re-range another (a new block size re-ranges a slider)
-            assert _e.updates > _n, f"{_name}.{_c_name}: {_t} from the front end did not reach the callback"
-            assert len(_draws) > _d, f"{_name}.{_c_name}: the callback did not redraw the picture"
-            _changed |= any(not _equal(_before[k], _e.state[k]) for k in _before)
-        _send(_control, _start)
-        assert _changed, f"{_name}.{_c_name}: moving it changed nothing the picture is drawn from"
-        _moved.append(f"{_name}.{_c_name}")
-print("SWEEP " + _json.dumps({"ipywidgets": _ipw.__version__, "explorers": len(_explorers), "moved": _moved}))
+def _sweep(explorers):
+    """Move every control of every explorer to each other value, as the front end would."""
+    moved = []
+    for e in explorers:
+        name = type(e).__name__
+        assert getattr(e, "_live", False), f"{name}.show() took the still-figure path on a kernel with a front end"
+        draws = []
+        e.draw = (lambda draw: lambda: (draws.append(1), draw())[1])(e.draw)  # count redraws
+        for c_name, control in e.controls.items():
+            targets, start = _moves(control)
+            changed = False
+            for t in targets:
+                before, n, d = _snapshot(e.state), e.updates, len(draws)
+                _send(control, t)
+                # one update or more: a control may re-range another (a new block size re-ranges a slider)
+                assert e.updates > n, f"{name}.{c_name}: {t} from the front end did not reach the callback"
+                assert len(draws) > d, f"{name}.{c_name}: the callback did not redraw the picture"
+                changed |= any(not _equal(before[k], e.state[k]) for k in before)
+            _send(control, start)
+            assert changed, f"{name}.{c_name}: moving it changed nothing the picture is drawn from"
+            moved.append(f"{name}.{c_name}")
+        del e.draw
+    return moved
+
+
+if __name__ == "__main__":  # in the notebook's kernel
+    _explorers = list({id(o): o for o in _gc.get_objects() if _is_explorer(o)}.values())
+    print("SWEEP " + _json.dumps({"ipywidgets": _ipw.__version__, "explorers": len(_explorers),
+                                  "moved": _sweep(_explorers)}))
 '''
+
+
+def _sweep_namespace():
+    namespace = {"__name__": "sweep"}
+    exec(SWEEP, namespace)
+    return namespace
+
+
+class _DeadCallback(W.TemperatureExplorer):
+    def compute(self):  # ignores the slider: the picture never changes
+        if not hasattr(self, "state"):
+            super().compute()
+
+
+class _NoRedraw(W.TemperatureExplorer):
+    def _changed(self, _change=None):  # recomputes but never redraws
+        self.compute()
+        self.updates += 1
+
+
+def _live(explorer):
+    explorer._live = True
+    return explorer
+
+
+@pytest.mark.parametrize("mutant, hint", [
+    (lambda: W.TemperatureExplorer(), "still-figure path"),
+    (lambda: _live(_DeadCallback()), "changed nothing"),
+    (lambda: _live(_NoRedraw()), "did not redraw"),
+])
+def test_sweep_rejects_broken_explorers(mutant, hint, monkeypatch):
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
+    with pytest.raises(AssertionError, match=hint):
+        _sweep_namespace()["_sweep"]([mutant()])
+
+
+def test_sweep_moves_every_control_of_a_working_explorer(monkeypatch):
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
+    e = _live(W.MaskBuilder(n=6))
+    start = e.values()
+    assert _sweep_namespace()["_sweep"]([e]) == ["MaskBuilder.kind", "MaskBuilder.length", "MaskBuilder.queries"]
+    assert e.values() == start and e.updates >= 6
 
 
 def _execute(nb, km, tmp_path):

@@ -141,10 +141,14 @@ def _move_slider(page, widget):
     return f"slider {now:g} -> click at {fraction:.0%}"
 
 
-def _wait_redrawn(page, output, before):
-    page.wait_for_function(
-        "([el, before]) => el.innerHTML !== before && el.querySelector('img') !== null",
-        arg=[output.element_handle(), before], timeout=60_000)
+def _wait_redrawn(page, output, before, what):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        page.wait_for_function(
+            "([el, before]) => el.innerHTML !== before && el.querySelector('img') !== null",
+            arg=[output.element_handle(), before], timeout=60_000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{what}: the picture under the widget did not change within 60 s") from None
 
 
 def _exercise_widgets(page, version, name, shots):
@@ -164,14 +168,14 @@ def _exercise_widgets(page, version, name, shots):
         if has_slider:
             before = output.inner_html()
             how = _move_slider(page, view)
-            _wait_redrawn(page, output, before)
+            _wait_redrawn(page, output, before, f"widget {k}, {how}")
             moved.append(f"w{k} {how}")
         if has_dropdown:
             select = view.locator(".widget-dropdown select").first
             before = output.inner_html()
             choice = _pick_other_option(select)
             select.select_option(choice)
-            _wait_redrawn(page, output, before)
+            _wait_redrawn(page, output, before, f"widget {k}, dropdown -> {choice}")
             moved.append(f"w{k} dropdown -> {choice}")
         page.wait_for_function(IDLE, timeout=60_000)
         view.screenshot(path=str(shots / f"{version}-{name}-w{k}-after.png"))
