@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,11 +66,18 @@ def attainable_tflops(intensity: float, peak_tflops: float, bandwidth_gbs: float
 def peak_for(device_name: str) -> Peak | None:
     """The :data:`PEAKS` row for a device name as ``torch.cuda.get_device_name()`` gives it
     (``"Tesla T4"``, ``"NVIDIA A100-SXM4-40GB"``), or ``None`` when it is not listed (the
-    H100 PCIe and NVL have other clocks and memory than the SXM5 row)."""
+    H100 PCIe and NVL have other clocks and memory than the SXM5 row). An A100 80GB gets the
+    A100 row with its faster memory (2039 GB/s SXM4, 1935 GB/s PCIe)."""
     words = device_name.upper().replace("-", " ").split()
     for key, peak in PEAKS.items():
         if key in words:
-            return None if key == "H100" and ("PCIE" in words or "NVL" in words) else peak  # other memory, clocks
+            if key == "H100" and ("PCIE" in words or "NVL" in words):
+                return None  # other memory, clocks
+            if key == "A100" and "80GB" in words:  # HBM2e: faster memory, same arithmetic (A100 datasheet)
+                pcie = "PCIE" in words
+                return replace(peak, name="A100 80GB", bandwidth_gbs=1935.0 if pcie else 2039.0, memory_gb=80,
+                               source=f"NVIDIA A100 Tensor Core GPU datasheet (2021), 80 GB {'PCIe' if pcie else 'SXM4'}")
+            return peak
     return None
 
 

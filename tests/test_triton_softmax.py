@@ -389,6 +389,16 @@ def test_peak_for_device_names(name, key):
     assert roofline.peak_for(name) == (roofline.PEAKS[key] if key else None)
 
 
+@pytest.mark.parametrize("name,gbs", [("NVIDIA A100-SXM4-80GB", 2039.0), ("NVIDIA A100 80GB PCIe", 1935.0),
+                                      ("NVIDIA A100-PCIE-40GB", 1555.0)])
+def test_peak_for_an_a100_follows_its_memory(name, gbs):
+    # the 80 GB A100 has HBM2e (A100 datasheet): comparing it with the 40 GB row would report > 100 %
+    from attnkit import roofline
+    peak = roofline.peak_for(name)
+    assert peak.bandwidth_gbs == gbs and peak.tensor_tflops == roofline.PEAKS["A100"].tensor_tflops
+    assert peak.fp32_tflops == roofline.PEAKS["A100"].fp32_tflops and peak.compute_capability == (8, 0)
+
+
 def test_measurements_run_on_the_cpu():
     from attnkit import roofline
     assert roofline.copy_bandwidth("cpu", n_bytes=2**20, repeats=2) > 0
