@@ -10,7 +10,19 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from triton.runtime import jit as _jit
+
+
+def padded(x: torch.Tensor, slack: int, fill: float) -> torch.Tensor:
+    """``x``'s values, contiguous, followed in memory by ``slack`` elements of ``fill``.
+
+    A kernel load that runs past the end of ``x`` then reads defined values (``fill``) rather
+    than foreign memory, and a checker can tell from the output what the kernel read.
+    """
+    flat = torch.full((x.numel() + slack,), fill, dtype=x.dtype, device=x.device)
+    flat[:x.numel()] = x.reshape(-1)
+    return flat[:x.numel()].view(x.shape)
 
 
 def _classes():
