@@ -152,8 +152,9 @@ CORRECT = {
 
 def test_every_exercise_has_a_checker_and_correct_alternatives():
     from test_efficient_checks import CORRECT as EFFICIENT
+    from test_triton_flash import CORRECT as TRITON_FLASH
     from test_triton_softmax import CORRECT as TRITON_SOFTMAX
-    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX}
+    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX + TRITON_FLASH}
     for name, checker in CHECKS.items():
         assert checker is getattr(checks, f"check_{name}")
         assert callable(getattr(attnkit, name))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
-from conftest import NK, NQ, rand
+from sizes import NK, NQ, rand
 
 
 def naive(q, k, v, mask=None):

@@ -15,7 +15,7 @@ import attnkit
 from attnkit import flex
 from attnkit.checks import NOTEBOOK_CHECKS
 from attnkit.checks.flex import FLEX_CHECKS, apply_score_mod
-from conftest import NK, NQ, rand
+from sizes import NK, NQ, rand
 
 
 def allowed_loop(nq, nk, window=None):

@@ -3,7 +3,7 @@
 import torch
 
 import attnkit
-from conftest import NK, NQ, rand
+from sizes import NK, NQ, rand
 
 
 def test_masked_keys_do_not_change_outputs(g):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
-from conftest import NK, NQ
+from sizes import NK, NQ
 
 
 def _seed(s=0):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
-from conftest import NK, NQ, rand
+from sizes import NK, NQ, rand
 from reference_loops import alibi_slopes_paper, attention_2d, causal_allowed, rope_vector, sinusoid, softmax_row
 
 

@@ -16,7 +16,7 @@ from attnkit.approx import (approximation_error, favor_features, gaussian_featur
 from attnkit.chunked import chunked_attention, merge_partials
 from attnkit.linear import linear_attention_chunked, linear_attention_recurrent
 from attnkit.sparse import bigbird_layout, block_sparse_attention, layout_mask, sliding_window_attention
-from conftest import NK, NQ, rand
+from sizes import NK, NQ, rand
 
 SHAPES = [(NQ, NK), (NK, NQ), (13, 13), (1, 9), (40, 40)]
 

@@ -331,8 +331,12 @@ def torch_wrapper(q, k, v, is_causal=False):
     return torch.stack(outs, -2), torch.stack(lses, -1)
 
 
+# (exercise, correct implementation written differently from attnkit's), as tests/test_checks.py counts them
+CORRECT = [("triton_flash_forward", learner())]
+
+
 def test_checker_accepts_a_learner_kernel(capsys):
-    CHECKS["triton_flash_forward"](learner())
+    CHECKS["triton_flash_forward"](CORRECT[0][1])
     assert capsys.readouterr().out.startswith("check_triton_flash_forward passed")
 
 
