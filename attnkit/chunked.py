@@ -24,7 +24,6 @@ import torch
 
 from . import _validate as chk
 from .flash import _prepare
-from .softmax import softmax
 
 
 def _partial(qc, kc, vc, allowed):
@@ -70,7 +69,10 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
             allowed = _allowed(qs, qe, 0, k_end, offset, q.device) if is_causal else None
             if allowed is not None:
                 s = s.masked_fill(~allowed, float("-inf"))
-            out[..., qs:qe, :] = softmax(s, dim=-1) @ v[..., :k_end, :]
+            p = torch.softmax(s, dim=-1)  # (..., cq, k_end)
+            if is_causal and qs + offset < 0:  # some queries of this chunk see no key: their NaN rows -> 0
+                p = p.nan_to_num(nan=0.0)
+            out[..., qs:qe, :] = p @ v[..., :k_end, :]
             continue
         acc = lse = None
         for ks in range(0, k_end, key_chunk):
