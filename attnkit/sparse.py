@@ -22,17 +22,12 @@ import torch
 
 from . import _validate as chk
 from .flash import _prepare
-from .masks import sliding_window_mask
+from .softmax import softmax
 
 
 def _masked_softmax_matmul(s, allowed, v):
-    """``softmax(s)`` over the last axis where ``allowed`` (zeros for a row with nothing allowed), ``@ v``."""
-    s = s.masked_fill(~allowed, float("-inf"))
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    p = torch.exp(s - m)  # (..., bq, bk); exactly 0 where masked
-    denom = p.sum(-1, keepdim=True)
-    return (p @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    """``softmax(s)`` over the allowed entries (zeros for a row with none allowed), times ``v``."""
+    return softmax(s.masked_fill(~allowed, float("-inf")), dim=-1) @ v
 
 
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, *,
@@ -138,9 +133,3 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
             allowed = keys.to(q.device).unsqueeze(0) <= i
         out[..., qs:qe, :] = _masked_softmax_matmul(s, allowed, v[..., keys, :])
     return out
-
-
-def dense_sliding_window_attention(q, k, v, window):
-    """The O(N^2) way, for comparison: mask the full score matrix."""
-    from .attention import scaled_dot_product_attention
-    return scaled_dot_product_attention(q, k, v, sliding_window_mask(q.shape[-2], k.shape[-2], window))[0]

@@ -76,7 +76,8 @@ def test_merge_partials_equals_attention_over_the_union(g):
     torch.testing.assert_close(lse, torch.logsumexp(s, -1))
     empty = (torch.zeros_like(out), torch.full_like(lse, float("-inf")))  # a part that saw no key
     out2, lse2 = merge_partials(*empty, out, lse)
-    torch.testing.assert_close(out2, out) and torch.testing.assert_close(lse2, lse)
+    torch.testing.assert_close(out2, out)
+    torch.testing.assert_close(lse2, lse)
 
 
 # --- sliding window ------------------------------------------------------------------------------
