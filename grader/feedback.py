@@ -62,41 +62,46 @@ def _scrub(text: str, secrets: list[str], markup: bool = False) -> str:
     return "\n".join("[hidden test line removed]" if leaks(line) else line for line in text.split("\n"))
 
 
-def _clean_outputs(outputs: list, secrets: list[str]) -> list:
-    cleaned = []
-    outputs = outputs if isinstance(outputs, list) else []
-    for out in outputs[:MAX_OUTPUTS]:
-        kind = out.get("output_type") if isinstance(out, dict) else None
-        if kind == "stream":
-            name = out.get("name") if out.get("name") in ("stdout", "stderr") else "stdout"
-            out = {"output_type": "stream", "name": name, "text": _truncate(_scrub(_text(out.get("text", "")), secrets))}
-        elif kind == "error":
-            message = _scrub(_text(f"{out.get('ename', '')}: {out.get('evalue', '')}"), secrets)
-            out = {"output_type": "stream", "name": "stderr", "text": _truncate(message) + "\n"}
-        elif kind in ("display_data", "execute_result"):
-            data = {}
-            raw = out.get("data") if isinstance(out.get("data"), dict) else {}
-            for mime, value in raw.items():
-                if not isinstance(mime, str):
-                    continue
+def _clean_output(out, secrets: list[str]) -> dict:
+    """One output as the student may see it: scrubbed, truncated, only displayable kinds."""
+    kind = out.get("output_type") if isinstance(out, dict) else None
+    if kind == "stream":
+        name = out.get("name") if out.get("name") in ("stdout", "stderr") else "stdout"
+        return {"output_type": "stream", "name": name, "text": _truncate(_scrub(_text(out.get("text", "")), secrets))}
+    if kind == "error":
+        message = _scrub(_text(f"{out.get('ename', '')}: {out.get('evalue', '')}"), secrets)
+        return {"output_type": "stream", "name": "stderr", "text": _truncate(message) + "\n"}
+    if kind in ("display_data", "execute_result"):
+        data = {}
+        raw = out.get("data") if isinstance(out.get("data"), dict) else {}
+        for mime, value in raw.items():
+            if not isinstance(mime, str):
+                continue
+            if mime.startswith("image/"):
                 value = _text(value)
-                if mime.startswith("image/"):
-                    if len(value) <= MAX_IMAGE:
-                        data[mime] = value
-                elif mime in ("text/plain",) + _RICH:
-                    data[mime] = _truncate(_scrub(value, secrets, markup=mime in _RICH))
-            if not data:
-                data = {"text/plain": "[output not shown: too large or not displayable]"}
-            out = {"output_type": kind, "data": data, "metadata": {}}
-            if kind == "execute_result":
-                out["execution_count"] = None
-        else:
-            out = {"output_type": "stream", "name": "stderr", "text": "[output not shown: not displayable]\n"}
-        cleaned.append(out)
+                if len(value) <= MAX_IMAGE:
+                    data[mime] = value
+            elif mime in ("text/plain",) + _RICH:
+                data[mime] = _truncate(_scrub(_text(value), secrets, markup=mime in _RICH))
+        if not data:
+            data = {"text/plain": "[output not shown: too large or not displayable]"}
+        cleaned = {"output_type": kind, "data": data, "metadata": {}}
+        if kind == "execute_result":
+            cleaned["execution_count"] = None
+        return cleaned
+    return {"output_type": "stream", "name": "stderr", "text": "[output not shown: not displayable]\n"}
+
+
+def _clean_outputs(outputs: list, secrets: list[str]) -> list:
+    outputs = outputs if isinstance(outputs, list) else []
+    cleaned = [_clean_output(out, secrets) for out in outputs[:MAX_OUTPUTS]]
     if len(outputs) > MAX_OUTPUTS:
-        cleaned.append({"output_type": "stream", "name": "stderr",
-                        "text": f"[{len(outputs) - MAX_OUTPUTS} more outputs not shown]\n"})
+        cleaned.append(_more(len(outputs) - MAX_OUTPUTS))
     return cleaned
+
+
+def _more(n: int) -> dict:
+    return {"output_type": "stream", "name": "stderr", "text": f"[{n} more outputs not shown]\n"}
 
 
 @dataclass
@@ -143,57 +148,79 @@ def _note(text: str) -> dict:
     return {"output_type": "stream", "name": "stderr", "text": text + "\n"}
 
 
-def fit(cells: list, budget: int, keep=None, limit: int = MAX_PAGE) -> tuple[list, Dropped]:
-    """``cells`` cut to about ``budget`` bytes of page, in order: an image past the budget
-    becomes a one-line note, as does any other output; a source past it too; a cell that
-    no longer fits at all is left out (counted, with one note at the end), except where
-    ``keep[i]`` (test cells: the instructor's, bounded, and what the student most needs)."""
-    keep = keep or [False] * len(cells)
-    dropped = Dropped()
-    used, kept = 0, []
-    note_cost = _OUTPUT_COST + 100
-    for cell, forced in zip(cells, keep):
-        if not forced and used + _CELL_COST > budget:
-            dropped.cells += 1
-            continue
-        used += _CELL_COST
-        cost = _source_cost(cell)
-        if forced or used + cost <= budget:
-            used += cost
-        else:
-            dropped.sources += 1
+def _is_image(out) -> bool:
+    data = out.get("data") if isinstance(out, dict) else None
+    return isinstance(data, dict) and any(isinstance(m, str) and m.startswith("image/") for m in data)
+
+
+class _Page:
+    """The running size of a page being built, against its budget (see :func:`fit`)."""
+
+    def __init__(self, budget: int, limit: int):
+        self.budget, self.limit, self.used, self.dropped = budget, limit, 0, Dropped()
+
+    def take(self, cost: int, forced: bool = False) -> bool:
+        if forced or self.used + cost <= self.budget:
+            self.used += cost
+            return True
+        return False
+
+    def source(self, cell, forced: bool) -> None:
+        if not self.take(_source_cost(cell), forced):
+            self.dropped.sources += 1
             cell.pop("attachments", None)
             prefix = "# " if cell.get("cell_type") == "code" else ""
-            cell["source"] = prefix + _limit_note("source", limit)
-            used += _MARKDOWN_FACTOR * len(cell["source"])
-        if cell.get("cell_type") != "code":
-            kept.append(cell)
-            continue
-        outputs, collapsed = [], 0
-        for out in cell.get("outputs", []):
-            cost = _output_cost(out)
-            if forced or used + cost <= budget:
-                outputs.append(out)
-                used += cost
-                continue
-            images = [m for m in out.get("data", {}) if m.startswith("image/")]
-            if images:
-                dropped.images += 1
+            cell["source"] = prefix + _limit_note("source", self.limit)
+            self.used += _MARKDOWN_FACTOR * len(cell["source"])
+
+    def outputs(self, outputs: list, forced: bool, clean=lambda out: out) -> list:
+        """``outputs`` (raw, cleaned one by one only while they can still be shown) within budget."""
+        outputs = outputs if isinstance(outputs, list) else []
+        kept, collapsed, note_cost = [], 0, _OUTPUT_COST + 100
+        for out in outputs[:MAX_OUTPUTS]:
+            if forced or self.used + _OUTPUT_COST <= self.budget:
+                out = clean(out)
+                if self.take(_output_cost(out), forced):
+                    kept.append(out)
+                    continue
+            image = _is_image(out)
+            if image:
+                self.dropped.images += 1
             else:
-                dropped.outputs += 1
-            if used + note_cost <= budget:
-                outputs.append(_note(_limit_note("image" if images else "output", limit)))
-                used += note_cost
+                self.dropped.outputs += 1
+            if self.take(note_cost):
+                kept.append(_note(_limit_note("image" if image else "output", self.limit)))
             else:
                 collapsed += 1
+        if len(outputs) > MAX_OUTPUTS:
+            kept.append(_more(len(outputs) - MAX_OUTPUTS))
         if collapsed:
-            outputs.append(_note(_limit_note(f"{collapsed} more output{'s' if collapsed > 1 else ''}", limit)))
-            used += note_cost
-        cell["outputs"] = outputs
+            kept.append(_note(_limit_note(f"{collapsed} more output{'s' if collapsed > 1 else ''}", self.limit)))
+            self.used += note_cost
+        return kept
+
+    def end(self, cells: list) -> list:
+        if self.dropped.cells:
+            cells.append(nbformat.v4.new_markdown_cell(_limit_note(f"{self.dropped.cells} more cells", self.limit)))
+        return cells
+
+
+def fit(cells: list, budget: int, keep=None, limit: int = MAX_PAGE) -> tuple[list, Dropped]:
+    """``cells`` (feedback cells, already cleaned) cut to about ``budget`` bytes of page, in order:
+    an image past the budget becomes a one-line note, as does any other output; a source past it
+    too; a cell that no longer fits at all is left out (counted, with one note at the end), except
+    where ``keep[i]`` (test cells: the instructor's, bounded, and what the student most needs)."""
+    keep = keep or [False] * len(cells)
+    page, kept = _Page(budget, limit), []
+    for cell, forced in zip(cells, keep):
+        if not page.take(_CELL_COST, forced):
+            page.dropped.cells += 1
+            continue
+        page.source(cell, forced)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = page.outputs(cell.get("outputs", []), forced)
         kept.append(cell)
-    if dropped.cells:
-        kept.append(nbformat.v4.new_markdown_cell(_limit_note(f"{dropped.cells} more cells", limit)))
-    return kept, dropped
+    return page.end(kept), page.dropped
 
 
 def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat.NotebookNode:
@@ -201,15 +228,20 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
     rendered by :func:`write_html`."""
     secrets = [line for c in source.cells if nbs.is_test(c) for line in nbs.hidden_lines(c.source)]
     outcome = {t.grade_id: t for t in result.tests}
-    cells, keep = [], []
+    page, cells = _Page(max(0, max_page - PAGE_RESERVE), max_page), []
     for original in result.cells:
-        cell = copy.deepcopy(original)
+        kind = original.get("cell_type")
+        test = kind == "code" and nbs.is_test(original)
+        if not page.take(_CELL_COST, test):  # past the budget: not even copied
+            page.dropped.cells += 1
+            continue
+        cell = nbformat.NotebookNode({k: copy.deepcopy(v) for k, v in original.items()
+                                      if k not in ("outputs", "metadata", "source")})
         cell.metadata = {}
-        cell.source = _text(cell.get("source", ""))
+        cell.source = _text(original.get("source", ""))
         if len(cell.source) > MAX_SOURCE_SHOWN:
             cell.source = _truncate(cell.source, MAX_SOURCE_SHOWN)
-        test = cell.get("cell_type") == "code" and nbs.is_test(original)
-        if cell.get("cell_type") == "code":
+        if kind == "code":
             cell.execution_count = None
             if test:
                 cell.source = nbs.strip_hidden(original.source).rstrip()
@@ -222,13 +254,18 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
                     text = f"passed: {t.points:g} / {t.max_points:g} points"
                 else:
                     text = f"failed ({t.points:g} / {t.max_points:g} points): {_scrub(_text(t.message), secrets)}"
-                cell.outputs = [{"output_type": "stream", "name": "stdout" if t and t.status == "ok" else "stderr",
-                                 "text": _truncate(text) + "\n"}]
+                outputs = [{"output_type": "stream", "name": "stdout" if t and t.status == "ok" else "stderr",
+                            "text": _truncate(text) + "\n"}]
+                page.source(cell, True)
+                cell.outputs = page.outputs(outputs, True)
             else:
-                cell.outputs = _clean_outputs(original.get("outputs", []), secrets)
+                page.source(cell, False)
+                cell.outputs = page.outputs(original.get("outputs", []), False,
+                                            lambda out: _clean_output(out, secrets))
+        else:
+            page.source(cell, False)
         cells.append(cell)
-        keep.append(test)
-    cells, dropped = fit(cells, max(0, max_page - PAGE_RESERVE), keep, max_page)
+    cells, dropped = page.end(cells), page.dropped
 
     def one_line(text, limit=200):
         return html.escape(" ".join(_scrub(_text(text), secrets).split()))[:limit]

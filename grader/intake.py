@@ -403,7 +403,7 @@ def read_submission_bytes(root: pathlib.Path, relative_parts, census: Census | d
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:g} MiB"
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _check_file(st: os.stat_result, name: str, counts: dict, max_bytes: int) -> None:
