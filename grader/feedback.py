@@ -79,6 +79,8 @@ def _clean_output(out, secrets: list[str]) -> dict:
                 continue
             if mime.startswith("image/"):
                 value = _text(value)
+                if mime == "image/svg+xml":  # text the page draws (as an <img>): scrubbed like HTML
+                    value = _scrub(value, secrets, markup=True)
                 if len(value) <= MAX_IMAGE:
                     data[mime] = value
             elif mime in ("text/plain",) + _RICH:

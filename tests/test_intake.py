@@ -12,10 +12,12 @@ their row.
 import base64
 import copy
 import csv
+import html as html_module
 import io
 import json
 import os
 import pathlib
+import re
 import socket
 import stat
 import time
@@ -433,13 +435,14 @@ def test_the_page_cap_holds_for_text_and_cells_too(tmp_path):
 def test_hidden_lines_stay_hidden_and_surrogates_render(tmp_path):
     hidden = [line for c in source().cells if nbs.is_test(c) for line in nbs.hidden_lines(c.source)]
     assert hidden
-    import html as html_module
     spy = nbformat.v4.new_code_cell("spy()", outputs=[
         nbformat.v4.new_output("stream", text="\n".join(hidden) + "\nbad \ud800 byte"),
         nbformat.v4.new_output("display_data", data={
             "text/html": "<pre>" + "\n".join(html_module.escape(h, quote=True).replace("a", "&#97;")
                                              for h in hidden) + "</pre>",
             "text/plain": "\udcff"}),
+        nbformat.v4.new_output("display_data", data={"image/svg+xml": "<svg>" + "".join(
+            f"<text>{html_module.escape(h).replace('e', '&#101;')}</text>\n" for h in hidden) + "</svg>"}),
         nbformat.v4.new_output("error", ename="ValueError", evalue=hidden[0], traceback=hidden)])
     tests = [types.SimpleNamespace(grade_id="test_dot_product_scores", points=0.0, max_points=2.0, status="error",
                                    message=f"AssertionError: {hidden[0]}\n{hidden[-1]}")]
@@ -447,7 +450,10 @@ def test_hidden_lines_stay_hidden_and_surrogates_render(tmp_path):
     page = tmp_path / "p.html"
     feedback.write_html(nb, page)
     text = page.read_text(encoding="utf-8")
+    svgs = [base64.b64decode(m).decode() for m in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", text)]
+    assert svgs  # the lab template shows SVG as an <img>: its text is still drawn for the student
     for line in hidden:
         assert line not in text and html_module.escape(line) not in text, line
-        assert html_module.unescape(line) not in html_module.unescape(text), line
+        for shown in [text] + svgs:
+            assert html_module.unescape(line) not in html_module.unescape(shown), line
     assert "hidden test line removed" in text and "bad \ufffd byte" in text
