@@ -269,11 +269,12 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
         cells.append(cell)
     cells, dropped = page.end(cells), page.dropped
 
-    def one_line(text, limit=200):
-        return html.escape(" ".join(_scrub(_text(text), secrets).split()))[:limit]
+    def one_line(text, limit=200, markdown=True):  # student-controlled text, literal, on one line
+        text = html.escape(" ".join(_scrub(_text(text), secrets).split())[:limit])
+        return re.sub(r"([\\`*_\[\]()|#!~$])", r"\\\1", text) if markdown else text.replace("`", "'")
     score = "failed" if result.status == "failed" else f"{result.score:g} / {result.max_score:g}"
-    rows = "".join(f"| `{one_line(t.grade_id, 80)}` | {t.points:g} / {t.max_points:g} | {one_line(t.status, 20)} | "
-                   f"{one_line(t.message).replace('|', '/')} |\n" for t in result.tests)
+    rows = "".join(f"| `{one_line(t.grade_id, 80, markdown=False)}` | {t.points:g} / {t.max_points:g} | {one_line(t.status, 20)} | "
+                   f"{one_line(t.message)} |\n" for t in result.tests)
     summary = (f"# Feedback: {html.escape(assignment)}\n\n**Student:** {one_line(result.student_id)}  \n"
                f"**Score:** {score}  \n" + (f"**Notes:** {one_line(result.reason, 2000)}  \n" if result.reason else "")
                + (f"**Page size:** {dropped.sentence(max_page)}  \n" if dropped else "") + "\n"
@@ -321,7 +322,7 @@ def write_html(nb: nbformat.NotebookNode, path: pathlib.Path, max_page: int = MA
         nb.cells = [summary] + rest
         body = _render(nb)
     if len(body) > max_page:
-        text = html.escape(nb.cells[0].source if nb.cells else "")[: max_page // 2]
+        text = html.escape(nb.cells[0].source if nb.cells else "").encode()[: max_page // 2].decode("utf-8", "ignore")
         body = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Feedback</title></head><body><pre>"
                 f"{text}\n\n{html.escape(_limit_note('the notebook', max_page))}</pre></body></html>\n").encode(
                     "utf-8", "replace")

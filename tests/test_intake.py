@@ -16,7 +16,6 @@ import html as html_module
 import io
 import json
 import os
-import pathlib
 import re
 import socket
 import stat
@@ -457,3 +456,15 @@ def test_hidden_lines_stay_hidden_and_surrogates_render(tmp_path):
         for shown in [text] + svgs:
             assert html_module.unescape(line) not in html_module.unescape(shown), line
     assert "hidden test line removed" in text and "bad \ufffd byte" in text
+
+
+def test_the_cap_is_hard_even_below_the_template_size(tmp_path):
+    """A cap smaller than the template itself (about 280 KB) still holds: the summary alone."""
+    tests = [types.SimpleNamespace(grade_id="test_dot_product_scores", points=0.0, max_points=2.0, status="error",
+                                   message="[click](javascript:alert(1)) *boom* | $x$")]
+    nb = feedback.build(_result(_test_cells(), tests), ASSIGNMENT, source(), max_page=100_000)
+    assert "\\[click\\]\\(javascript:alert\\(1\\)\\) \\*boom\\* \\| \\$x\\$" in nb.cells[0].source
+    page = tmp_path / "p.html"
+    feedback.write_html(nb, page, max_page=100_000)
+    text = page.read_text(encoding="utf-8")
+    assert page.stat().st_size <= 100_000 and "Feedback: 01_dot_products" in text and "limit]" in text
