@@ -17,7 +17,9 @@ second walk writes ``exp(x - m) / l``. That reads ``x`` twice, still far less th
 Semantics match :func:`attnkit.softmax`: ``-inf`` entries get 0 and a row that is all
 ``-inf`` gives zeros (not NaN). Arithmetic is float32 whatever the storage dtype: fp32, fp16, and
 bf16 on GPUs of compute capability 8.0 or later (and in the interpreter, which handles bf16
-loads and stores correctly; only its bf16 ``tl.dot``, unused here, is wrong).
+loads and stores correctly; only its bf16 ``tl.dot``, unused here, is wrong). On a GPU the
+kernel is compiled with FP fusion on (``attnkit._triton.FP_FUSION``): the rescale
+``l * exp(m - shift) + sum`` becomes a fused multiply-add.
 
 The module is imported lazily (``attnkit.triton_softmax``), so ``import attnkit`` never
 imports Triton. It calls :func:`attnkit._triton.prepare` before defining the kernel: without
@@ -165,7 +167,8 @@ def triton_softmax(x: torch.Tensor, *, block_m: int | None = None, block_n: int 
             cfg[name.upper()] = value
     cfg["ONE_PASS"] = cfg["BLOCK_N"] >= N
     grid = (triton.cdiv(M, cfg["BLOCK_M"]),)  # one program per block of rows
-    _softmax_kernel[grid](x, y, M, N, x.stride(0), x.stride(1), y.stride(0), y.stride(1), **cfg)
+    _softmax_kernel[grid](x, y, M, N, x.stride(0), x.stride(1), y.stride(0), y.stride(1), **cfg,
+                          enable_fp_fusion=_triton.FP_FUSION)
     return y
 
 
@@ -193,4 +196,5 @@ def compile_for(capability: tuple[int, int], M: int, N: int, dtype: torch.dtype 
     src = ASTSource(fn=_softmax_kernel, signature=signature,
                     constexprs={name: cfg[name] for name in ("BLOCK_M", "BLOCK_N", "ONE_PASS")})
     cc = capability[0] * 10 + capability[1]
-    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": cfg["num_warps"]})
+    return triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                          options={"num_warps": cfg["num_warps"], "enable_fp_fusion": _triton.FP_FUSION})

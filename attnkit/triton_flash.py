@@ -17,6 +17,9 @@ that one program instance handles one tile of rows and the tiles live in SRAM/re
 
 Scores live in base 2 inside the kernels: ``log2(e) / sqrt(d)`` is folded into one scale, so
 ``exp`` becomes the cheaper ``exp2``; ``lse`` is converted back to natural log for the caller.
+On a GPU the kernels are compiled with FP fusion on (``attnkit._triton.FP_FUSION``, passed at
+every launch): ``s * qk_scale - m`` and the rescales become fused multiply-adds, rounded once.
+The interpreter rounds every operation; the tests' tolerances hold for both.
 
 Masks cost instructions, so each loop is split: key (or query) blocks that every row of the
 tile may fully see run without masks; only the blocks on the causal diagonal and the ragged
@@ -355,13 +358,14 @@ KERNELS = {"forward": _flash_fwd_kernel, "preprocess": _bwd_preprocess_kernel,
 # --------------------------------------------------------------------------- configurations
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen from compiles for sm_80 and sm_90 (shared
-# memory and register use read back from the cubin, see tests/test_triton_compile.py): none
-# spills registers, every one fits the target's shared memory.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen from compiles for sm_80 and sm_90 with
+# Triton 3.6, 3.7 and 3.9 (shared memory and register use read back from the cubin, see
+# tests/test_triton_compile.py and tests/test_compat.py): none spills registers, every one
+# fits the target's shared memory.
 _TABLE = {
     # tensor cores (sm_80+), 16-bit inputs, BLOCK_D <= 64
-    "small": {"forward": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
-              "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3)],
+    "small": {"forward": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+              "dkdv": [(32, 128, 8, 2), (32, 64, 4, 2)],
               "dq": [(128, 64, 8, 3), (64, 32, 4, 3)]},
     # tensor cores, BLOCK_D = 128: the accumulators double, so fewer rows per warp
     "large": {"forward": [(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)],
@@ -373,6 +377,14 @@ _TABLE = {
             "dkdv": [(32, 16, 8, 1), (16, 32, 8, 1)],
             "dq": [(16, 32, 4, 1)]},
 }
+
+
+# Hopper only, tried before the table's rows: Triton's sm_90 code (wgmma) holds these tiles in
+# fewer registers than its sm_80 code.
+# The 128 x 64 forward tile on one warpgroup (4 warps) needs 229-232 registers per thread on sm_90
+# with Triton 3.6-3.9, but all 255 on sm_80, where Triton 3.6 spills; the dK/dV tiles with a
+# third pipeline stage need 161-176 on sm_90 and spill 32-40 bytes on sm_80 with Triton 3.6.
+_HOPPER = {"forward": [(128, 64, 4, 3)], "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3)]}
 
 
 def _bucket(cc: int, block_d: int, fp32: bool) -> str:
@@ -395,7 +407,10 @@ def configs(kernel: str, cc: int, head_dim: int = 64, dtype: torch.dtype = torch
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; one of {sorted(KERNELS)}")
     block_d = max(16, triton.next_power_of_2(head_dim))
-    rows = _TABLE[_bucket(cc, block_d, dtype == torch.float32)][kernel]
+    bucket = _bucket(cc, block_d, dtype == torch.float32)
+    rows = _TABLE[bucket][kernel]
+    if cc >= 90 and bucket == "small":
+        rows = _HOPPER.get(kernel, []) + rows
     return [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s) for m, n, w, s in rows]
 
 
@@ -410,8 +425,9 @@ def _tuned(kernel: str):
         return KERNELS[kernel]
     cc = cap[0] * 10 + cap[1]
 
-    buckets = ("fma", "small", "large") if cc >= 80 else ("fma",)
-    rows = dict.fromkeys(row for bucket in buckets for row in _TABLE[bucket][kernel])  # ordered, no repeats
+    cases = [(d, dtype) for d in (64, 128) for dtype in (torch.float16, torch.float32)]  # every bucket of this GPU
+    rows = dict.fromkeys((c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"])
+                         for d, dtype in cases for c in configs(kernel, cc, d, dtype))  # ordered, no repeats
     tries = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in rows]
 
     def prune(candidates, named_args, **kwargs):
@@ -427,7 +443,8 @@ _LAUNCH = {name: _tuned(name) for name in ("forward", "dkdv", "dq")}
 
 
 def _meta() -> dict:
-    """Meta-parameters the launch passes itself: the fixed tile under the interpreter, none when tuned."""
+    """Meta-parameters the launch passes itself: the fixed tile under the interpreter, none when tuned.
+    (Every launch also passes ``enable_fp_fusion``, see :data:`attnkit._triton.FP_FUSION`.)"""
     return dict(INTERPRETER_CONFIG) if _triton.capability() is None else {}
 
 
@@ -436,13 +453,14 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
 
 
 def compile_for(kernel: str, cc: int, config: dict, head_dim: int = 64, dtype: torch.dtype = torch.float16,
-                causal: bool = True):
+                causal: bool = True, fp_fusion: bool | None = None):
     """Compile one kernel configuration for an NVIDIA GPU of compute capability ``cc``, no GPU needed.
 
     Returns Triton's ``CompiledKernel`` (``.metadata.shared`` bytes of shared memory, ``.asm``
     with ``"ptx"`` and ``"cubin"``). Arguments are specialised as a launch on aligned, contiguous
     tensors would be: pointers and strides divisible by 16, the innermost stride equal to 1.
     Needs the compiled kernels: import this module in a process with ``TRITON_INTERPRET=0``.
+    ``fp_fusion`` defaults to what launches use, :data:`attnkit._triton.FP_FUSION`.
     """
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
@@ -474,7 +492,8 @@ def compile_for(kernel: str, cc: int, config: dict, head_dim: int = 64, dtype: t
     constants.update({k: v for k, v in meta.items() if signature.get(k) == "constexpr"})
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", cc, 32),
-                          options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"]))
+                          options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"],
+                                       enable_fp_fusion=_triton.FP_FUSION if fp_fusion is None else fp_fusion))
 
 
 # --------------------------------------------------------------------------- launchers
@@ -554,7 +573,8 @@ def triton_flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _LAUNCH["forward"][grid](
         q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, Nq, Nk, sm_scale * LOG2E,
-        HEAD_DIM=d, BLOCK_D=block_d, IS_CAUSAL=bool(is_causal), DOT_PRECISION=precision, **_meta())
+        HEAD_DIM=d, BLOCK_D=block_d, IS_CAUSAL=bool(is_causal), DOT_PRECISION=precision, **_meta(),
+        enable_fp_fusion=_triton.FP_FUSION)
     return out, lse
 
 
@@ -578,7 +598,7 @@ def triton_flash_backward(q, k, v, out, lse, d_out, is_causal: bool = False):
     pre = configs("preprocess", 0)[0]
     _bwd_preprocess_kernel[(triton.cdiv(Nq, pre["BLOCK_M"]), B * H)](
         out, d_out, delta, *out.stride(), *d_out.stride(), H, Nq, HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_M=pre["BLOCK_M"], num_warps=pre["num_warps"])
+        BLOCK_M=pre["BLOCK_M"], num_warps=pre["num_warps"], enable_fp_fusion=_triton.FP_FUSION)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -587,7 +607,8 @@ def triton_flash_backward(q, k, v, out, lse, d_out, is_causal: bool = False):
                          "call .contiguous() first")
     strides = (*q.stride(), *k.stride(), *v.stride(), *d_out.stride())
     scalars = (H, Nq, Nk, sm_scale, sm_scale * LOG2E)
-    flags = dict(HEAD_DIM=d, BLOCK_D=block_d, IS_CAUSAL=bool(is_causal), DOT_PRECISION=precision)
+    flags = dict(HEAD_DIM=d, BLOCK_D=block_d, IS_CAUSAL=bool(is_causal), DOT_PRECISION=precision,
+                 enable_fp_fusion=_triton.FP_FUSION)
     _LAUNCH["dkdv"][lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * H)](
         q, k, v, d_out, lse, delta, dk, dv, *strides, *scalars, **flags, **_meta())
     _LAUNCH["dq"][lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)](
