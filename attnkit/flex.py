@@ -144,6 +144,36 @@ def make_block_mask(mask_mod, n_q: int, n_k: int, *, batch: int | None = None, h
     return _fa.create_block_mask(mask_mod, B, H, n_q, n_k, device=device or "cpu", BLOCK_SIZE=block_size)
 
 
+def evaluate_mask_mod(mask_mod, batch: int, heads: int, n_q: int, n_k: int) -> torch.Tensor:
+    """``mask_mod`` evaluated at every ``(b, h, q_idx, kv_idx)`` as FlexAttention does (with
+    ``torch.vmap``): the bool mask ``(batch, heads, n_q, n_k)``. The mod comes first, so the
+    grader can run this where the mod lives (``attnkit.checks.there``)."""
+    return _fa.create_mask(mask_mod, batch, heads, n_q, n_k, device="cpu")  # (B, H, Nq, Nk)
+
+
+def evaluate_score_mod(score_mod, scores: torch.Tensor) -> torch.Tensor:
+    """``score_mod`` applied to every entry of ``scores (B, H, Nq, Nk)``, vectorised as
+    flex_attention does; the mod comes first (see :func:`evaluate_mask_mod`)."""
+    B, H, Nq, Nk = scores.shape
+    fn = score_mod
+    fn = torch.vmap(fn, in_dims=(0, None, None, None, 0))  # over keys
+    fn = torch.vmap(fn, in_dims=(0, None, None, 0, None))  # over queries
+    fn = torch.vmap(fn, in_dims=(0, None, 0, None, None))  # over heads
+    fn = torch.vmap(fn, in_dims=(0, 0, None, None, None))  # over the batch
+    return fn(scores, torch.arange(B), torch.arange(H), torch.arange(Nq), torch.arange(Nk))  # (B, H, Nq, Nk)
+
+
+def attend_with_mask_mod(mask_mod, q, k, v, block_size: int = 128, compiled: bool | None = False):
+    """:func:`attend` with a BlockMask built from ``mask_mod``; the mod comes first."""
+    block_mask = make_block_mask(mask_mod, q.shape[-2], k.shape[-2], block_size=block_size, device=q.device)
+    return attend(q, k, v, block_mask=block_mask, compiled=compiled)
+
+
+def attend_with_score_mod(score_mod, q, k, v, compiled: bool | None = False):
+    """:func:`attend` with ``score_mod``; the mod comes first."""
+    return attend(q, k, v, score_mod=score_mod, compiled=compiled)
+
+
 @dataclass
 class BlockStates:
     """Which tiles of the score matrix a BlockMask computes.

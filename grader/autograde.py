@@ -1,33 +1,39 @@
 """``attn-grade autograde``: grade a folder of student folders, one row per student, always.
 
-Each student is graded in a process of its own (so a crash in one never reaches another),
-at most ``jobs`` at a time, each with a sandboxed kernel. Results go to ``grades.csv``, to
-nbgrader's gradebook (SQLite by default, any SQLAlchemy URL with ``--db-url``) and to one
+The parent process reads the submissions folder without following anything a student
+planted (:mod:`grader.intake`), starts one examiner zygote for the run and, for each student,
+forks a worker (at most ``jobs`` at a time) with a uid of its own for the student's kernel.
+A worker reads and grades one notebook (:func:`grader.grade.grade_notebook`), writes the
+feedback page and sends its result back as a small JSON document over a pipe; the parent
+keeps only numbers and strings from it, checked, and never unpickles anything. A worker that
+crashes or hangs costs only its own student a ``failed`` row. Results go to ``grades.csv``,
+to nbgrader's gradebook (SQLite by default, any SQLAlchemy URL with ``--db-url``) and to one
 feedback page per student.
 """
 
 from __future__ import annotations
 
 import csv
-import multiprocessing
+import json
 import os
 import pathlib
-import re
+import select
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
 
 import nbformat
 
-from . import course, feedback, grade, release, sandbox
+from . import course, examiner, feedback, grade, intake, release, sandbox
+from . import notebooks as nbs
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
-_COPY_PATTERNS = [r"^copy of\s+", r"\s*\(\d+\)$", r"[-_ ]copy\d*$", r"\s+copy$"]
-SKIP_DIRS = {".ipynb_checkpoints", "__MACOSX", "__pycache__"}
+SKIP_DIRS = intake.SKIP_DIRS
+MAX_RESULT = 1 << 20  # bytes a worker's result may have
 
 
 @dataclass
@@ -41,65 +47,19 @@ class Settings:
 
 
 def _normalised(stem: str) -> str:
-    name = stem.strip().lower()
-    changed = True
-    while changed:
-        changed = False
-        for pattern in _COPY_PATTERNS:
-            new = re.sub(pattern, "", name).strip()
-            if new != name:
-                name, changed = new, True
-    return name
-
-
-def find_notebook(folder: pathlib.Path, assignment: str) -> tuple[pathlib.Path | None, str]:
-    """The student's notebook for ``assignment`` in ``folder`` (searched recursively), and a
-    reason when there is none. Copy-mangled names (``Copy of X``, ``X (1)``, ``X-Copy1``) match."""
-    found = []
-    for path in sorted(folder.rglob("*.ipynb")):
-        if any(part in SKIP_DIRS or part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
-        if path.is_file():
-            found.append(path)
-    target = assignment.lower()
-    exact = [p for p in found if p.stem.lower() == target]
-    loose = [p for p in found if _normalised(p.stem) == target]
-    for group in (exact, loose):
-        if group:
-            return max(group, key=lambda p: (p.stat().st_mtime, str(p))), ""
-    if len(found) == 1:
-        return found[0], ""
-    if not found:
-        others = sorted(p.name for p in folder.rglob("*") if p.is_file())[:5]
-        return None, ("no notebook in the folder" + (f" (found: {', '.join(others)})" if others else " (it is empty)"))
-    return None, f"no notebook named like {assignment}.ipynb among {', '.join(p.name for p in found[:5])}"
-
-
-def _worker(conn, student_id, path, source, template, work, policy, limits, feedback_path, assignment):
-    try:
-        result = grade.grade_notebook(student_id, path, source, template, work, policy, limits)
-        if feedback_path is not None:
-            try:
-                feedback.write_html(feedback.build(result, assignment, source), feedback_path)
-            except Exception as e:  # feedback must never cost a student their grade
-                result.reason = (result.reason + "; " if result.reason else "") + f"feedback not written: {e}"
-        result.cells = []
-        conn.send(result)
-    except BaseException as e:  # report, do not hang the parent
-        conn.send(grade.Result(student_id, "failed", None, grade.max_score(source),
-                               f"grader error: {type(e).__name__}: {e}"))
-    finally:
-        conn.close()
+    return intake._normalised(stem)
 
 
 def _write_csv(path: pathlib.Path, assignment: str, results: list[grade.Result]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in sorted(results, key=lambda r: r.student_id):
             score = "" if r.score is None else f"{r.score:g}"
             writer.writerow([r.student_id, assignment, score, f"{r.max_score:g}", r.status,
-                             " ".join(r.reason.split())])
+                             " ".join(intake.printable(r.reason).split())])
+    os.replace(tmp, path)
 
 
 def _record_gradebook(db_url: str, assignment: str, results: list[grade.Result]) -> None:
@@ -126,22 +86,17 @@ def _record_gradebook(db_url: str, assignment: str, results: list[grade.Result])
             gb.db.commit()
 
 
-def _database_paths(db_url: str) -> list[pathlib.Path]:
-    """Folders through which the gradebook could be reached: the SQLite file's folder, or a
-    PostgreSQL server's Unix socket folders (TCP is already cut by the network namespace)."""
-    from urllib.parse import parse_qs, urlsplit
-    if db_url.startswith("sqlite:///"):
-        return [pathlib.Path(db_url[len("sqlite:///"):]).parent]
-    paths = [pathlib.Path("/run/postgresql"), pathlib.Path("/var/run/postgresql")]
-    for host in parse_qs(urlsplit(db_url).query).get("host", []):
-        paths.append(pathlib.Path(host))
-    return [p for p in paths if p.is_absolute()]
-
-
 def _register_assignment(source_path: pathlib.Path, db_url: str) -> nbformat.NotebookNode:
     """Release the assignment into the gradebook (its cells and points) and return the template."""
     text = release.student_version(source_path, db_url=db_url)
     return nbformat.reads(text, as_version=4)
+
+
+@dataclass
+class _Job:
+    folder: intake.Folder
+    parts: tuple | None = None
+    why: str = ""
 
 
 def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
@@ -159,18 +114,29 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     source = nbformat.read(sources[assignment], as_version=4)
     template = _register_assignment(sources[assignment], db_url)
     mode = sandbox.resolve_mode(settings.sandbox)
-    hidden = [submissions, out, course.REPO, solutions.resolve()]
-    hidden += _database_paths(db_url)
-    students = sorted(p for p in submissions.iterdir() if p.is_dir() and p.name not in SKIP_DIRS
-                      and not p.name.startswith("."))
+    folders = intake.scan(submissions)
+    counts = intake.census(submissions, folders)
+    jobs = []
+    for folder in folders:
+        job = _Job(folder)
+        if folder.problem:
+            job.why = folder.problem
+        else:
+            job.parts, job.why = intake.find_notebook(folder, assignment)
+        jobs.append(job)
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="attn-grade-"))
-    os.chmod(run_dir, 0o711)
-    policy = sandbox.Policy(mode=mode, memory_bytes=settings.limits.memory_bytes, hidden=hidden)
-    results: list[grade.Result] = []
+    os.chmod(run_dir, 0o700)
+    policy = sandbox.Policy(mode=mode, memory_bytes=settings.limits.memory_bytes)
+    uids = sandbox.UidPool() if mode == "bwrap" and os.geteuid() == 0 else None
     start = time.monotonic()
+    pool = None
     try:
-        results = _run_all(students, assignment, source, template, run_dir, policy, settings, out)
+        pool = examiner.ExaminerPool(policy, warm=examiner.plan(source).warm, uids=uids)
+        results = _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings,
+                           out, pool, uids)
     finally:
+        if pool is not None:
+            pool.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     _write_csv(out / "grades.csv", assignment, results)
     _record_gradebook(db_url, assignment, results)
@@ -179,61 +145,182 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     return results
 
 
-def _run_all(students, assignment, source, template, run_dir, policy, settings, out) -> list[grade.Result]:
+def _feedback_path(out: pathlib.Path, student_id: str, assignment: str) -> pathlib.Path:
+    return out / "feedback" / student_id / f"{assignment}.html"
+
+
+def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib.Path) -> str:
+    try:
+        feedback.write_html(feedback.build(result, assignment, source), path)
+        return ""
+    except Exception as e:  # noqa: BLE001 - feedback must never cost a student their grade
+        return f"feedback not written: {type(e).__name__}: {e}"
+
+
+def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,
+            fb_path, pool_examiner) -> None:
+    """The forked worker: grade one student, write feedback, send plain JSON, exit."""
+    keep = {0, 1, 2, write_fd, pool_examiner.sock.fileno()}
+    for fd in _open_fds():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sid = job.folder.student_id
+    try:
+        try:
+            raw = intake.read_submission_bytes(submissions, job.parts, counts)
+            nb = nbs.parse_submission(raw, job.parts[-1])
+        except nbs.SubmissionError as e:
+            result = grade.Result(sid, "failed", None, grade.max_score(source), str(e))
+        else:
+            result = grade.grade_notebook(sid, nb, source, template, work, policy, limits,
+                                          pool=_OneExaminer(pool_examiner))
+        if fb_path is not None:
+            problem = _write_feedback(result, assignment, source, fb_path)
+            if problem:
+                result.reason = (result.reason + "; " if result.reason else "") + problem
+        data = result.as_data()
+    except BaseException as e:  # noqa: BLE001 - report, do not hang the parent
+        data = {"status": "failed", "reason": f"grader error: {type(e).__name__}: {e}"[:300]}
+    payload = json.dumps(data, allow_nan=False, default=str).encode("utf-8")[:MAX_RESULT]
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view):]
+    finally:
+        os.close(write_fd)
+
+
+class _OneExaminer:
+    """A pool that hands out the one examiner the parent made for this worker."""
+
+    def __init__(self, ex: examiner.Examiner):
+        self.ex = ex
+
+    def examiner(self) -> examiner.Examiner:
+        return self.ex
+
+    def close(self) -> None:
+        self.ex.close()
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings, out, pool,
+             uids) -> list[grade.Result]:
     from tqdm import tqdm
 
-    ctx = multiprocessing.get_context("fork")
-    pending = list(students)
-    running: dict = {}  # connection -> (process, student_id, started)
+    pending = list(jobs)
+    running: dict[int, dict] = {}  # read fd -> worker
     results: list[grade.Result] = []
-    bar = tqdm(total=len(students), desc=f"grading {assignment}", unit="student", disable=not settings.progress,
+    total = grade.max_score(source)
+    bar = tqdm(total=len(jobs), desc=f"grading {assignment}", unit="student", disable=not settings.progress,
                file=sys.stderr)
     guard = settings.limits.notebook_timeout + 120  # a worker past this is stuck: kill it
+    serial = 0
+
+    def finish(w: dict, result: grade.Result) -> None:
+        results.append(result)
+        try:
+            os.waitpid(w["pid"], 0)
+        except ChildProcessError:
+            pass
+        if w.get("uid") is not None:
+            uids.release(w["uid"])
+        shutil.rmtree(w["work"], ignore_errors=True)
+        bar.update()
+
     try:
         while pending or running:
             while pending and len(running) < max(1, settings.jobs):
-                folder = pending.pop(0)
-                path, why = find_notebook(folder, assignment)
-                if path is None:
-                    results.append(grade.Result(folder.name, "failed", None, grade.max_score(source), why))
+                job = pending.pop(0)
+                sid = job.folder.student_id
+                if job.parts is None:
+                    results.append(grade.Result(sid, "failed", None, total, job.why))
                     if settings.feedback:
-                        feedback.write_html(feedback.build(results[-1], assignment, source),
-                                            out / "feedback" / folder.name / f"{assignment}.html")
+                        _write_feedback(results[-1], assignment, source, _feedback_path(out, sid, assignment))
                     bar.update()
                     continue
-                receive, send = ctx.Pipe(duplex=False)
-                fb = out / "feedback" / folder.name / f"{assignment}.html" if settings.feedback else None
-                proc = ctx.Process(target=_worker, daemon=True, args=(
-                    send, folder.name, path, source, template, run_dir / f"s{len(results) + len(running)}-{os.getpid()}",
-                    policy, settings.limits, fb, assignment))
-                proc.start()
-                send.close()
-                running[receive] = (proc, folder.name, time.monotonic())
+                serial += 1
+                work = sandbox.private_dir(run_dir, f"s{serial}")
+                uid = uids.acquire() if uids is not None else None
+                worker_policy = sandbox.Policy(**{**policy.__dict__, "uid": uid})
+                ex = pool.examiner()
+                read_fd, write_fd = os.pipe()
+                fb = _feedback_path(out, sid, assignment) if settings.feedback else None
+                pid = os.fork()
+                if pid == 0:
+                    code = 0
+                    try:
+                        os.close(read_fd)
+                        _worker(write_fd, job, submissions, counts, assignment, source, template, work,
+                                worker_policy, settings.limits, fb, ex)
+                    except BaseException:  # noqa: BLE001
+                        code = 1
+                    finally:
+                        os._exit(code)
+                os.close(write_fd)
+                ex.close()
+                running[read_fd] = {"pid": pid, "sid": sid, "started": time.monotonic(), "data": bytearray(),
+                                    "uid": uid, "work": work}
             if not running:
                 continue
-            for conn in wait(list(running), timeout=1.0):
-                proc, student_id, _ = running.pop(conn)
-                try:
-                    results.append(conn.recv())
-                except EOFError:
-                    proc.join(5)
-                    results.append(grade.Result(student_id, "failed", None, grade.max_score(source),
-                                                f"grader process crashed (exit code {proc.exitcode})"))
-                proc.join(5)
-                bar.update()
-            for conn, (proc, student_id, started) in list(running.items()):
-                if time.monotonic() - started > guard:
-                    proc.kill()
-                    proc.join(5)
-                    running.pop(conn)
-                    results.append(grade.Result(student_id, "failed", None, grade.max_score(source),
-                                                f"grading took longer than {guard:.0f} s and was stopped"))
-                    bar.update()
+            ready, _, _ = select.select(list(running), [], [], 1.0)
+            for fd in ready:
+                w = running[fd]
+                chunk = os.read(fd, 65536)
+                if chunk and len(w["data"]) <= MAX_RESULT:
+                    w["data"] += chunk
+                    continue
+                if chunk:
+                    continue  # past the limit: keep draining, the result will be refused
+                os.close(fd)
+                del running[fd]
+                finish(w, _result_from(w, total))
+            for fd, w in list(running.items()):
+                if time.monotonic() - w["started"] > guard:
+                    try:
+                        os.kill(w["pid"], signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    os.close(fd)
+                    del running[fd]
+                    finish(w, grade.Result(w["sid"], "failed", None, total,
+                                           f"grading took longer than {guard:.0f} s and was stopped"))
     finally:
-        for proc, _, _ in running.values():
-            proc.kill()
+        for fd, w in running.items():
+            try:
+                os.kill(w["pid"], signal.SIGKILL)
+                os.waitpid(w["pid"], 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(fd)
         bar.close()
     return results
+
+
+def _result_from(w: dict, total: float) -> grade.Result:
+    try:
+        data = json.loads(bytes(w["data"])) if len(w["data"]) <= MAX_RESULT else None
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        try:
+            _, status = os.waitpid(w["pid"], os.WNOHANG)
+            code = os.waitstatus_to_exitcode(status) if status else None
+        except ChildProcessError:
+            code = None
+        return grade.Result(w["sid"], "failed", None, total,
+                            "grader process crashed" + (f" (exit code {code})" if code is not None else ""))
+    return grade.Result.from_data(w["sid"], data, total)
 
 
 def summary(results: list[grade.Result], assignment: str, mode: str, seconds: float) -> str:

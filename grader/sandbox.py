@@ -1,42 +1,53 @@
-"""The kernel sandbox: how a student's notebook is kept from everything but its own folder.
+"""The sandbox: what a learner's kernel (and the grader's examiner) can see and use.
 
-Mechanisms, strongest available first (see ``describe()`` and the README's instructor guide):
+An allowlist, not a denylist. Under bubblewrap the kernel starts in an empty root into which
+only these are mounted:
 
-* **bubblewrap** (Debian package ``bubblewrap``): new mount, PID, IPC and network
-  namespaces. The whole filesystem is mounted read-only; the grader's home, the
-  repository (except the installed ``attnkit`` package), the course directory with the
-  gradebook and hidden tests, the submissions folder and the output folder are replaced by
-  empty tmpfs mounts; ``/tmp`` is a fresh tmpfs; only the student's own workspace is
-  writable. No network interface but a down loopback. When the PID namespace's first
-  process dies, the kernel dies: nothing is left behind.
-* **a separate unprivileged user**: when the grader runs as root the kernel runs as
-  ``nobody`` (``setpriv``; no capabilities, cannot regain them). As a normal user, the
-  kernel runs as that user inside an unprivileged user namespace (the hiding above still
-  holds; the kernel can read what that user can read outside the hidden folders).
-* **rlimits** (``prlimit``): address space (the memory limit), file size, open files, core
-  dumps off, and process count when a separate user is used.
+* read-only: ``/usr`` (and the ``/bin``, ``/lib``... links into it), a handful of files from
+  ``/etc`` the dynamic linker and Python need, the Python installation and the site-packages
+  it imports from, and the course package ``attnkit`` (not the repository around it: no
+  ``solutions/``, no other course folder, no gradebook, no other submission);
+* a fresh ``/proc`` of the kernel's own PID namespace and a minimal ``/dev``;
+* size-limited tmpfs mounts: the workspace (``/home/student``, also ``HOME`` and the working
+  directory), ``/tmp`` and ``/dev/shm``, new for every kernel start and gone with it;
+* the one folder its Jupyter sockets live in, and its connection file (read-only), at
+  ``/run/attn-kernel``.
 
-Without bubblewrap (``--sandbox none`` or where it cannot start) only the rlimits apply and
-the kernel runs in a private working directory with the grader's own rights; the grade
-summary says so.
+It has its own network namespace (a loopback and nothing else), PID, IPC and UTS namespaces,
+and dies with the grader. When the grader runs as root the kernel runs as a uid of its own,
+taken from a pool above the system's ids (:class:`UidPool`), so no two kernels that run at
+the same time share a uid (process limits and file permissions are per uid), with no
+capabilities; where the host lets the grader create cgroups, the kernel also gets a
+``pids.max`` and a memory limit covering its tmpfs pages. rlimits (``prlimit``) cap address
+space, file size, open files and, per uid, processes; core dumps are off.
 
-Kernels talk to the grader over Unix sockets (Jupyter's ``ipc`` transport), which work
-across the network namespace.
+Without bubblewrap (``--sandbox none``) only the rlimits apply; ``describe()`` says so and the
+grade summary repeats it. As a normal user, bubblewrap runs in an unprivileged user
+namespace: the same allowlist holds, but every kernel runs as the grader's own uid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import importlib.util
 import os
 import pathlib
+import pwd
 import shutil
 import site
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
-NOBODY = 65534
+WORKSPACE = "/home/student"
+KERNEL_DIR = "/run/attn-kernel"  # inside the sandbox: the connection file and the sockets folder
+UID_BASE = int(os.environ.get("ATTN_GRADE_UID_BASE", "3270000"))
+UID_COUNT = 4096
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts", "host.conf",
+             "mime.types", "os-release", "alternatives", "fonts")
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,12 +56,12 @@ def bwrap_works() -> bool:
     bwrap = shutil.which("bwrap")
     if not bwrap:
         return False
-    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
-            "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+    args = [bwrap, *_system_binds(), "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--unshare-pid",
+            "--unshare-ipc", "--die-with-parent"]
     if os.geteuid() != 0:
         args.append("--unshare-user")
     try:
-        return subprocess.run(args + ["--", "true"], capture_output=True, timeout=20).returncode == 0
+        return subprocess.run(args + ["--", "/usr/bin/true"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -70,11 +81,13 @@ def resolve_mode(mode: str) -> str:
 def describe(mode: str) -> str:
     """One line on what protects the grader in this mode, for the summary."""
     if mode == "bwrap":
-        who = "as user nobody" if os.geteuid() == 0 else "in a user namespace as the grader's user"
-        return (f"bubblewrap sandbox {who}: no network, read-only filesystem, hidden course files, "
-                "private /tmp, rlimits")
+        who = ("a uid of its own per kernel" if os.geteuid() == 0
+               else "the grader's own uid in a user namespace (kernels share it)")
+        extra = ", cgroup limits" if cgroups_available() else ""
+        return (f"bubblewrap sandbox, {who}: no network, an allowlisted read-only root, sized private "
+                f"workspace and /tmp, rlimits{extra}; tests run in a separate examiner")
     return ("NO SANDBOX (bubblewrap unavailable): rlimits only; the kernel can read what the grader "
-            "can read and reach the network")
+            "can read and reach the network; tests still run in a separate examiner")
 
 
 @dataclass
@@ -85,63 +98,240 @@ class Policy:
     memory_bytes: int = 3 * 2**30
     max_file_bytes: int = 512 * 2**20
     max_open_files: int = 256
-    max_processes: int = 512  # threads count too; only enforced for a separate user
-    hidden: list[pathlib.Path] = field(default_factory=list)
+    max_processes: int = 256  # threads count too; per uid, so only with a uid of its own (or a cgroup)
+    workspace_bytes: int = 512 * 2**20
+    tmp_bytes: int = 256 * 2**20
+    shm_bytes: int = 256 * 2**20
+    uid: int | None = None  # the kernel's uid when the grader is root (from a UidPool)
+    extra_ro: list[pathlib.Path] = field(default_factory=list)  # more read-only paths (the examiner's grader package)
 
 
-def _python_paths() -> set[pathlib.Path]:
-    """Folders the kernel's interpreter and installed packages live in."""
+# ---------------------------------------------------------------------- uids
+class UidPool:
+    """Distinct uids for concurrent kernels, above every id the system uses.
+
+    A uid is taken by holding an exclusive ``flock`` on its lock file in a root-only folder,
+    so concurrent grading runs on one machine never hand out the same uid; a crashed run's
+    locks go with its processes."""
+
+    def __init__(self, base: int = UID_BASE, count: int = UID_COUNT, folder: pathlib.Path | None = None):
+        self.base, self.count = base, count
+        self.folder = folder or pathlib.Path(tempfile.gettempdir()) / f"attn-grade-uids-{os.geteuid()}"
+        self._held: dict[int, int] = {}
+
+    def _prepare(self) -> None:
+        try:
+            os.mkdir(self.folder, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(self.folder)
+        import stat
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise RuntimeError(f"{self.folder} must be a folder owned by uid {os.geteuid()} with mode 0700")
+
+    def acquire(self) -> int:
+        self._prepare()
+        for uid in range(self.base, self.base + self.count):
+            if uid in self._held or _uid_in_use(uid):
+                continue
+            fd = os.open(self.folder / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._held[uid] = fd
+            return uid
+        raise RuntimeError(f"no free uid in {self.base}..{self.base + self.count - 1}")
+
+    def release(self, uid: int) -> None:
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def uid(self):
+        uid = self.acquire()
+        try:
+            yield uid
+        finally:
+            self.release(uid)
+
+
+def _uid_in_use(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+# ---------------------------------------------------------------------- cgroups
+def _cgroup_dirs() -> list[pathlib.Path]:
+    """Folders where this process may create child cgroups for pids and memory."""
+    dirs = []
+    try:
+        lines = pathlib.Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    root = pathlib.Path("/sys/fs/cgroup")
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base = root / path.lstrip("/")
+            try:
+                enabled = (base / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                continue
+            if {"pids", "memory"} <= set(enabled) and os.access(base, os.W_OK):
+                dirs.append(base)
+        else:
+            for c in controllers.split(","):
+                if c in ("pids", "memory"):
+                    base = root / c / path.lstrip("/")
+                    if base.is_dir() and os.access(base, os.W_OK):
+                        dirs.append(base)
+    return dirs
+
+
+@functools.lru_cache(maxsize=None)
+def cgroups_available() -> bool:
+    return os.geteuid() == 0 and bool(_cgroup_dirs())
+
+
+class Cgroup:
+    """One kernel's cgroups (pids and memory), created by root, never writable by the kernel."""
+
+    def __init__(self, dirs: list[pathlib.Path]):
+        self.dirs = dirs
+
+    @classmethod
+    def create(cls, name: str, memory_bytes: int, max_pids: int) -> "Cgroup | None":
+        if not cgroups_available():
+            return None
+        made = []
+        for parent in _cgroup_dirs():
+            d = parent / name
+            try:
+                d.mkdir()
+            except OSError:
+                continue
+            made.append(d)
+            for fname, value in (("pids.max", max_pids), ("memory.max", memory_bytes),
+                                 ("memory.limit_in_bytes", memory_bytes), ("memory.swap.max", 0)):
+                try:
+                    (d / fname).write_text(str(value))
+                except OSError:
+                    pass
+        return cls(made) if made else None
+
+    def launcher(self) -> list[str]:
+        """A command prefix that enters the cgroups, then runs the rest of the command."""
+        script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"'
+        return ["/bin/sh", "-c", script, "attn-cgroup", *[str(d / "cgroup.procs") for d in self.dirs], "--"]
+
+    def remove(self) -> None:
+        import signal
+        for d in self.dirs:
+            for _ in range(20):
+                try:
+                    pids = (d / "cgroup.procs").read_text().split()
+                except OSError:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------- bubblewrap
+def python_paths(with_grader: bool = False) -> list[pathlib.Path]:
+    """Folders the interpreter and the packages it imports live in (the course package alone,
+    never the repository around it)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
     user_site = site.getusersitepackages()
     if isinstance(user_site, str) and os.path.isdir(user_site):
         paths.add(user_site)
-    # The course package may be an editable install inside the (hidden) repository. Locate it
-    # without importing it: importing attnkit would import torch into the grader.
-    spec = importlib.util.find_spec("attnkit")
-    if spec is not None and spec.origin:
-        paths.add(str(pathlib.Path(spec.origin).resolve().parent))
-    return {pathlib.Path(p).resolve() for p in paths if p and os.path.isdir(p)}
+    # Locate the course packages without importing them (importing attnkit imports torch).
+    for package in ("attnkit", "grader") if with_grader else ("attnkit",):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            paths.add(str(pathlib.Path(spec.origin).resolve().parent))
+    return sorted({pathlib.Path(p).resolve() for p in paths if p and os.path.isdir(p)}, key=lambda p: len(p.parts))
 
 
-def _under(path: pathlib.Path, root: pathlib.Path) -> bool:
-    return path == root or root in path.parents
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = pathlib.Path("/") / top
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
 
 
-def bwrap_args(policy: Policy, workspace: pathlib.Path, ipc_dir: pathlib.Path) -> list[str]:
-    """The bubblewrap command line (without the kernel command)."""
-    args = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent",
-            "--unsetenv", "JPY_PARENT_PID"]
+def _gpu_binds() -> list[str]:
+    devices = sorted(str(p) for p in pathlib.Path("/dev").glob("nvidia*"))
+    if not devices:
+        return []
+    args = []
+    for dev in devices:
+        args += ["--dev-bind", dev, dev]
+    return args + ["--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/run/nvidia-persistenced",
+                   "/run/nvidia-persistenced"]
+
+
+def bwrap_args(policy: Policy, binds: list[tuple[str, pathlib.Path, str]], workspace: bool = True,
+               with_grader: bool = False) -> list[str]:
+    """The bubblewrap command line (without the command). ``binds``: (flag, host path, path
+    inside) triples (``--ro-bind`` for the connection file, ``--bind`` for the sockets)."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+            "--unsetenv", "JPY_PARENT_PID",  # its parent is the sandbox's init: the kernel's poller would quit
+            "--hostname", "grader", "--proc", "/proc", "--dev", "/dev",
+            "--size", str(policy.shm_bytes), "--tmpfs", "/dev/shm", "--chmod", "1777", "/dev/shm",
+            "--size", str(policy.tmp_bytes), "--tmpfs", "/tmp", "--chmod", "1777", "/tmp"]
     if os.geteuid() != 0:
         args.append("--unshare-user")
-    hidden = {pathlib.Path("/tmp").resolve(), pathlib.Path.home().resolve()}
-    hidden |= {pathlib.Path(p).resolve() for p in policy.hidden if os.path.isdir(p)}
-    hidden.discard(pathlib.Path("/"))
-    roots = sorted(hidden, key=lambda p: len(p.parts))
-    for root in roots:
-        args += ["--tmpfs", str(root)]
-    made: set[pathlib.Path] = set()
+    args += _system_binds() + _gpu_binds()
+    made: set[pathlib.Path] = {pathlib.Path("/")}
 
-    def bind(flag: str, path: pathlib.Path) -> None:
-        for root in roots:
-            if root in path.parents:
-                # bwrap creates missing mount points with mode 0700; make the chain traversable
-                chain = [a for a in reversed(path.parents) if root in a.parents and a not in made]
-                for a in chain:
-                    args.extend(["--perms", "0755", "--dir", str(a)])
-                    made.add(a)
-        args.extend([flag, str(path), str(path)])
+    def chain(path: pathlib.Path) -> None:
+        # bwrap makes missing mount points with mode 0700: make the parents traversable first
+        for parent in reversed(path.parents):
+            if parent not in made and not str(parent).startswith(("/usr", "/etc", "/proc", "/dev")):
+                args.extend(["--perms", "0755", "--dir", str(parent)])
+                made.add(parent)
 
-    for path in sorted(_python_paths(), key=lambda p: len(p.parts)):
-        if any(_under(path, r) for r in roots) and not any(_under(path, r) for r in (workspace, ipc_dir)):
-            bind("--ro-bind", path)
-    bind("--bind", workspace.resolve())
-    bind("--bind", ipc_dir.resolve())
-    args += ["--chdir", str(workspace.resolve())]
-    if os.geteuid() == 0:
-        # keep only what setpriv needs to drop to nobody; it clears them when it does
+    for path in python_paths(with_grader) + [pathlib.Path(p).resolve() for p in policy.extra_ro]:
+        if str(path).startswith("/usr/"):
+            continue  # already there
+        chain(path)
+        args += ["--ro-bind", str(path), str(path)]
+    for flag, path, inside in binds:
+        chain(pathlib.Path(inside))
+        args += [flag, str(path), str(inside)]
+    if workspace:
+        chain(pathlib.Path(WORKSPACE))
+        args += ["--size", str(policy.workspace_bytes), "--tmpfs", WORKSPACE, "--chmod", "0777", WORKSPACE,
+                 "--chdir", WORKSPACE]
+    else:
+        args += ["--chdir", "/tmp"]
+    if os.geteuid() == 0 and policy.uid is not None:
+        # keep only what setpriv needs to drop to the kernel's uid; it clears them when it does
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                 shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                 shutil.which("setpriv") or "setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}",
                  "--clear-groups", "--inh-caps=-all"]
     args.append("--")
     return args
@@ -153,24 +343,40 @@ def prlimit_args(policy: Policy) -> list[str]:
         return []
     args = [prlimit, f"--as={policy.memory_bytes}", f"--fsize={policy.max_file_bytes}",
             f"--nofile={policy.max_open_files}", "--core=0"]
-    if policy.mode == "bwrap" and os.geteuid() == 0:
+    if policy.uid is not None and os.geteuid() == 0:
         args.append(f"--nproc={policy.max_processes}")
     return args + ["--"]
 
 
-def wrap(cmd: list[str], policy: Policy, workspace: pathlib.Path, ipc_dir: pathlib.Path) -> list[str]:
-    """The kernel command, wrapped in the policy's rlimits and sandbox."""
-    outer = prlimit_args(policy)
+def wrap(cmd: list[str], policy: Policy, binds: list[tuple[str, pathlib.Path, str]] = (), workspace: bool = True,
+         cgroup: Cgroup | None = None, with_grader: bool = False) -> list[str]:
+    """``cmd`` wrapped in the policy's cgroup, rlimits and sandbox."""
+    outer = (cgroup.launcher() if cgroup is not None else []) + prlimit_args(policy)
     if policy.mode == "bwrap":
-        return outer + bwrap_args(policy, workspace, ipc_dir) + cmd
+        return outer + bwrap_args(policy, list(binds), workspace, with_grader) + cmd
     return outer + cmd
 
 
-def prepare_dirs(workspace: pathlib.Path, ipc_dir: pathlib.Path) -> None:
-    """Give the sandbox user its workspace and socket folder (and only those)."""
-    for d in (workspace, ipc_dir):
-        d.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            for p in [d, *d.rglob("*")]:
-                os.chown(p, NOBODY, NOBODY)
-        os.chmod(d, 0o700)
+def environment(home: str, extra: dict | None = None) -> dict:
+    """The environment a sandboxed process starts with (nothing inherited from the grader)."""
+    env = {
+        "PATH": os.pathsep.join([str(pathlib.Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": home, "USER": "student", "LOGNAME": "student", "IPYTHONDIR": os.path.join(home, ".ipython"),
+        "MPLCONFIGDIR": os.path.join(home, ".mpl"), "MPLBACKEND": "Agg", "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "TMPDIR": "/tmp", "TRITON_CACHE_DIR": os.path.join(home, ".triton"),
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(home, ".inductor"),
+    }
+    for key in ("CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def private_dir(parent: pathlib.Path, name: str, mode: int = 0o700) -> pathlib.Path:
+    """A new folder only root (or the grader's user) can write: created fresh, never reused."""
+    path = pathlib.Path(parent) / name
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+    return path

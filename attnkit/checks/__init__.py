@@ -12,6 +12,7 @@ or a library shortcut for the concept being taught is rejected too.
 ``CHECKS`` maps every exercise name to its checker.
 """
 
+from .._remote import there  # run a helper where a (possibly remote) learner's object lives
 from .basics import check_dot_product_scores, check_scaled_dot_product_attention, check_softmax
 from .flex import FLEX_CHECKS, check_alibi_score_mod, check_document_mask_mod, check_sliding_window_mask_mod
 from .efficient import (check_flash_attention_backward, check_flash_attention_forward, check_linear_attention,
@@ -24,6 +25,9 @@ from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 from .triton_softmax import check_triton_softmax  # imports triton only when it runs
 from .triton import check_triton_flash_dq, check_triton_flash_forward  # imports triton only when it runs
+from .modern import (check_flash_decode, check_mla_scores, check_paged_attention, check_sink_attention,
+                     check_yarn_inv_freq)
+from .beyond import check_gated_delta_rule, check_gated_delta_rule_chunked
 
 CHECKS = {
     "dot_product_scores": check_dot_product_scores,
@@ -47,15 +51,22 @@ CHECKS = {
     "linear_attention": check_linear_attention,
     "triton_softmax": check_triton_softmax,
     "triton_flash_forward": check_triton_flash_forward,
+    "paged_attention": check_paged_attention,
+    "mla_scores": check_mla_scores,
+    "sink_attention": check_sink_attention,
+    "yarn_inv_freq": check_yarn_inv_freq,
+    "flash_decode": check_flash_decode,
+    "gated_delta_rule": check_gated_delta_rule,
 }
 
 # Graded exercises of the notebooks that are not part of the course contract.
 NOTEBOOK_CHECKS.update(FLEX_CHECKS)
 NOTEBOOK_CHECKS.update(merge_partials=check_merge_partials)
 NOTEBOOK_CHECKS.update(triton_flash_dq=check_triton_flash_dq)
+NOTEBOOK_CHECKS.update(gated_delta_rule_chunked=check_gated_delta_rule_chunked)
 assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
 
-__all__ = ["CHECKS", "NOTEBOOK_CHECKS", *(f"check_{name}" for name in CHECKS), "check_induction_score",
+__all__ = ["CHECKS", "NOTEBOOK_CHECKS", "there", *(f"check_{name}" for name in CHECKS), "check_induction_score",
            "check_merge_partials",
-           "check_triton_flash_dq",
+           "check_triton_flash_dq", "check_gated_delta_rule_chunked",
            "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS)]

@@ -18,6 +18,7 @@ from torch.nn.attention import flex_attention as _fa
 
 from .. import alibi, flex, masks
 from ..softmax import softmax as reference_softmax
+from .._remote import is_remote, there
 from ._harness import Ban, Checker, gen, randn
 
 VECTORISE_HINT = ("FlexAttention calls your function on whole tensors of indices at once (torch.vmap), so "
@@ -31,11 +32,12 @@ _VECTORISE_ERRORS = ("data-dependent control flow", "Data-dependent", ".item()",
 _warm = []
 
 
-def _warm_up() -> None:
+def _warm_up(fn=None) -> None:
     """Pay FlexAttention's one-off start-up (importing and setting up torch.vmap and Dynamo, a few
     seconds) before the learner's code runs under the shortcut spy, whose profile hook would
-    make that start-up several times slower."""
-    if not _warm:
+    make that start-up several times slower. (Under the grader the learner's function runs in
+    the learner's kernel, where the notebook has already used FlexAttention.)"""
+    if not _warm and not is_remote(fn):
         q = torch.zeros(1, 1, 8, 8)
         flex.attend(q, q, q, mask_mod=flex.causal(8, 8), block_size=8, compiled=False)
         apply_score_mod(lambda score, b, h, q_idx, kv_idx: score + q_idx, torch.zeros(1, 1, 2, 2))
@@ -70,21 +72,13 @@ def _mask_runner(name, factory, B, H):
     def run(label, arg, n):
         mod = _mod_from(name, label, factory, arg, "mask_mod(b, h, q_idx, kv_idx)")
         try:
-            return mod, _fa.create_mask(mod, B, H, n, n, device="cpu")  # (B, H, N, N)
+            return mod, there(mod, flex.evaluate_mask_mod, B, H, n, n)  # (B, H, N, N)
         except Exception as e:  # noqa: BLE001 - the learner's code, explained
             _reraise(name, label, e, "mask_mod")
     return run
 
 
-def apply_score_mod(score_mod, scores: torch.Tensor) -> torch.Tensor:
-    """``score_mod`` applied to every entry of ``scores (B, H, Nq, Nk)``, vectorised as flex_attention does."""
-    B, H, Nq, Nk = scores.shape
-    fn = score_mod
-    fn = torch.vmap(fn, in_dims=(0, None, None, None, 0))  # over keys
-    fn = torch.vmap(fn, in_dims=(0, None, None, 0, None))  # over queries
-    fn = torch.vmap(fn, in_dims=(0, None, 0, None, None))  # over heads
-    fn = torch.vmap(fn, in_dims=(0, 0, None, None, None))  # over the batch
-    return fn(scores, torch.arange(B), torch.arange(H), torch.arange(Nq), torch.arange(Nk))  # (B, H, Nq, Nk)
+apply_score_mod = flex.evaluate_score_mod  # what it was called here before
 
 
 def _dense_attention(q, k, v, mask=None, bias=None):
@@ -103,8 +97,10 @@ def _agrees_in_flex(c: Checker, label: str, *, mask_mod=None, score_mod=None, n:
     g = gen(seed)
     q, k, v = (randn(g, 2, heads, n, 8, dtype=torch.float64) for _ in range(3))
     try:
-        block_mask = None if mask_mod is None else flex.make_block_mask(mask_mod, n, n, block_size=8)
-        got = flex.attend(q, k, v, score_mod=score_mod, block_mask=block_mask, compiled=False)
+        if mask_mod is not None:
+            got = there(mask_mod, flex.attend_with_mask_mod, q, k, v, block_size=8)
+        else:
+            got = there(score_mod, flex.attend_with_score_mod, q, k, v)
     except Exception as e:  # noqa: BLE001
         _reraise(c.name, label + ", inside flex_attention", e, "mask_mod" if score_mod is None else "score_mod")
     c.expect(label + ", attention output of flex_attention", got, _dense_attention(q, k, v, mask, bias),
@@ -125,7 +121,7 @@ def check_sliding_window_mask_mod(fn) -> str:
     """Check ``fn(window) -> mask_mod``: query ``q_idx`` sees key ``kv_idx`` iff
     ``q_idx - window < kv_idx <= q_idx`` (itself and the ``window - 1`` keys before it)."""
     B, H = 2, 3
-    _warm_up()
+    _warm_up(fn)
     c = Checker("sliding_window_mask_mod", _mask_runner("sliding_window_mask_mod", fn, B, H),
                 Ban(python=(flex.sliding_window, masks.sliding_window_mask),
                     hint="Compare q_idx and kv_idx directly inside your mask_mod."))
@@ -157,7 +153,7 @@ def check_document_mask_mod(fn) -> str:
     """Check ``fn(doc_ids (N,) int64) -> mask_mod``: a token sees exactly the tokens of its own
     document, ``doc_ids[q_idx] == doc_ids[kv_idx]`` (not causal)."""
     B, H = 2, 2
-    _warm_up()
+    _warm_up(fn)
     c = Checker("document_mask_mod", _mask_runner("document_mask_mod", fn, B, H),
                 Ban(python=(flex.document,), hint="Look up the document of each position in doc_ids."))
     cases = [
@@ -212,11 +208,11 @@ def check_alibi_score_mod(fn) -> str:
     def run(label, n_heads, scores):
         mod = _mod_from(name, label, fn, n_heads, "score_mod(score, b, h, q_idx, kv_idx)")
         try:
-            return mod, apply_score_mod(mod, scores)
+            return mod, there(mod, flex.evaluate_score_mod, scores)
         except Exception as e:  # noqa: BLE001
             _reraise(name, label, e, "score_mod")
 
-    _warm_up()
+    _warm_up(fn)
     c = Checker(name, run, Ban(python=(flex.alibi, alibi.alibi_bias),
                                hint="Look up head h's slope and subtract slope * distance from score."))
     g = gen(122)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import gqa, kv_cache
-from ._harness import Ban, Checker, gen, randn
+from ._harness import Ban, KwargTrue, Checker, gen, randn
 from .basics import _sdpa
 from .masks import _causal
 
@@ -67,8 +67,7 @@ def _gqa(q, k, v, is_causal, interleave=True, offset=None):
 
 def check_grouped_query_attention(fn) -> str:
     """Check ``fn(q (B, Hq, Nq, d), k, v (B, Hkv, Nk, d), is_causal=False) -> (B, Hq, Nq, d)``."""
-    gqa_flag = {"torch.nn.functional.scaled_dot_product_attention":
-                lambda args, kwargs: bool(kwargs.get("enable_gqa", False))}
+    gqa_flag = {"torch.nn.functional.scaled_dot_product_attention": KwargTrue("enable_gqa")}
     c = Checker("grouped_query_attention", fn,
                 Ban(gqa_flag, python=(gqa.grouped_query_attention,),
                     hint="Share each kv head with its group of query heads yourself (repeat_kv or a "
