@@ -30,6 +30,12 @@ from .rope import apply_rope, apply_rope_complex
 from .similarity import cosine_scores, dot_product_scores
 from .softmax import softmax
 from .distributed import RingAttention, merge_partials, ring_attention, run_ring_attention
+from .paging import PagedKVCache, paged_attention
+from .latent import mla_attention, mla_scores
+from .sinks import sink_attention
+from .yarn import yarn_inv_freq
+from .decoding import flash_decode
+from .delta import gated_delta_rule, gated_delta_rule_chunked
 
 from .env import report
 
@@ -46,6 +52,8 @@ __all__ = [
     "multi_head_attention", "padding_mask", "repeat_kv", "report", "scaled_dot_product_attention",
     "sinusoidal_positions", "softmax", "split_heads",
     "RingAttention", "merge_partials", "ring_attention", "run_ring_attention",
+    "PagedKVCache", "paged_attention", "mla_attention", "mla_scores", "sink_attention", "yarn_inv_freq",
+    "flash_decode", "gated_delta_rule", "gated_delta_rule_chunked",
 ]
 
 # Triton kernels load on first use (PEP 562), so `import attnkit` never imports triton:

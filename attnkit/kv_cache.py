@@ -104,10 +104,28 @@ class KVCache:
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch: int = 1,
-                   bytes_per_value: int = 2) -> int:
+                   bytes_per_value: int = 2, *, v_head_dim: int | None = None, window: int | None = None,
+                   latent_dim: int | None = None, rope_dim: int = 0) -> int:
     """Bytes a KV cache needs: keys and values (x2) for every layer, kv head, position and
-    batch row. ``bytes_per_value`` is 2 for fp16/bf16, 4 for fp32, 1 for int8/fp8."""
+    batch row. ``bytes_per_value`` is 2 for fp16/bf16, 4 for fp32, 1 for int8/fp8.
+
+    Keyword-only refinements for today's architectures (notebook 14):
+
+    * ``v_head_dim``: values narrower or wider than keys (DeepSeek's 192-dim keys, 128-dim values);
+    * ``window``: sliding-window layers keep at most ``window`` positions (Mistral, Gemma's local
+      layers, gpt-oss's banded layers); add two calls for a local/global mix;
+    * ``latent_dim`` (and ``rope_dim``): multi-head latent attention (DeepSeek-V2/V3) caches one
+      ``latent_dim`` vector plus one shared ``rope_dim`` RoPE key per position and layer, for all
+      heads at once; ``n_kv_heads`` and ``head_dim`` then do not enter the count.
+    """
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                         ("seq_len", seq_len), ("batch", batch), ("bytes_per_value", bytes_per_value)):
         chk.positive_int(name, value)
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_value
+    positions = seq_len if window is None else min(seq_len, chk.positive_int("window", window))
+    if latent_dim is not None:
+        per_position = chk.positive_int("latent_dim", latent_dim) + chk.positive_int("rope_dim", rope_dim, allow_zero=True)
+        return n_layers * per_position * positions * batch * bytes_per_value
+    if rope_dim:
+        raise ValueError(f"rope_dim={rope_dim} only applies with latent_dim (MLA's shared RoPE key)")
+    v_dim = head_dim if v_head_dim is None else chk.positive_int("v_head_dim", v_head_dim)
+    return n_layers * n_kv_heads * (head_dim + v_dim) * positions * batch * bytes_per_value

@@ -154,7 +154,10 @@ def test_every_exercise_has_a_checker_and_correct_alternatives():
     from test_efficient_checks import CORRECT as EFFICIENT
     from test_triton_flash import CORRECT as TRITON_FLASH
     from test_triton_softmax import CORRECT as TRITON_SOFTMAX
-    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX + TRITON_FLASH}
+    from test_modern_checks import CORRECT as MODERN
+    from test_beyond_checks import CORRECT as BEYOND
+    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX + TRITON_FLASH + MODERN + BEYOND
+                                          if name in CHECKS}
     for name, checker in CHECKS.items():
         assert checker is getattr(checks, f"check_{name}")
         assert callable(getattr(attnkit, name))
@@ -603,7 +606,9 @@ def test_every_checker_has_at_least_three_known_wrong_implementations():
     from test_efficient_checks import WRONG as EFFICIENT_WRONG
     from test_triton_flash import WRONG as TRITON_FLASH_WRONG
     from test_triton_softmax import WRONG as TRITON_SOFTMAX_WRONG
-    everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG + TRITON_FLASH_WRONG
+    from test_modern_checks import WRONG as MODERN_WRONG
+    from test_beyond_checks import WRONG as BEYOND_WRONG
+    everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG + TRITON_FLASH_WRONG + MODERN_WRONG + BEYOND_WRONG
     counts = {name: sum(1 for n, f, _ in everything if n == name and f is not _stub) for name in CHECKS}
     assert min(counts.values()) >= 3, counts
 

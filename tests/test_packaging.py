@@ -36,6 +36,13 @@ CONTRACT = {
     "linear_attention": [("q", E), ("k", E), ("v", E), ("causal", False)],
     "triton_softmax": [("x", E)],
     "triton_flash_forward": [("q", E), ("k", E), ("v", E), ("is_causal", False)],
+    "paged_attention": [("q", E), ("k_pages", E), ("v_pages", E), ("block_table", E), ("seq_lens", E)],
+    "mla_scores": [("q_nope", E), ("c_kv", E), ("w_uk", E)],
+    "sink_attention": [("q", E), ("k", E), ("v", E), ("sinks", E), ("is_causal", False)],
+    "yarn_inv_freq": [("d", E), ("theta", E), ("scale", E), ("original_max_position", E), ("beta_fast", 32.0),
+                      ("beta_slow", 1.0)],
+    "flash_decode": [("q", E), ("k", E), ("v", E), ("n_splits", E)],
+    "gated_delta_rule": [("q", E), ("k", E), ("v", E), ("beta", E), ("g", E), ("initial_state", None)],
 }
 
 
