@@ -107,6 +107,47 @@ def test_parity_env_has_colab_widgets_and_our_torch(colab_python):
     assert ipywidgets.__version__ != facts["ipywidgets"], "the main env must keep its own ipywidgets"
 
 
+def test_parity_venv_sees_the_packages_of_the_virtualenv_that_builds_it(tmp_path):
+    """A contributor's virtualenv holds torch & co. in its own site-packages, not in the base
+    interpreter's. The parity venv built from inside it must see them: a marker module that
+    exists only in that virtualenv is importable from the parity venv, behind the parity venv's
+    own ipywidgets and in front of the base interpreter's packages."""
+    outer = tmp_path / "contributor-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(outer)], check=True, timeout=120)
+    outer_python = outer / "bin" / "python"
+    own = pathlib.Path(subprocess.run([str(outer_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                      capture_output=True, text=True, check=True).stdout.strip())
+    (own / "attn_contributor_marker.py").write_text("WHERE = 'contributor venv'\n")
+    # what `pip install -r requirements.txt` put into the contributor's venv: here, this environment's packages
+    sites = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    (own / "this_env.pth").write_text(f"import site; list(map(site.addsitedir, {sites!r}))\n")
+
+    parity = tmp_path / "parity"
+    proc = subprocess.run(["bash", str(SCRIPT), str(parity)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHON=str(outer_python)))
+    if proc.returncode != 0:
+        pytest.skip(f"{SCRIPT.name} could not build the venv (no package index?): {proc.stderr.strip()[-500:]}")
+    probe = ("import json, sys, attn_contributor_marker as m, ipywidgets, torch\n"
+             "print(json.dumps(dict(marker=m.__file__, ipywidgets=ipywidgets.__version__, where=ipywidgets.__file__,"
+             " torch=torch.__version__, prefix=sys.prefix)))")
+    facts = json.loads(subprocess.run([str(parity / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                                      check=True, env=_kernel_env()).stdout)
+    assert facts["marker"].startswith(str(own)), "the parity venv must see the active virtualenv's own packages"
+    assert facts["ipywidgets"] == _colab_pins()["ipywidgets"] and facts["where"].startswith(str(parity))
+    assert facts["prefix"] == str(parity)
+    spec = json.loads((parity / "share" / "jupyter" / "kernels" / "colab-parity" / "kernel.json").read_text())
+    assert spec["argv"][0] == str(parity / "bin" / "python")
+    # built again from the same environment: kept as it is
+    again = subprocess.run(["bash", str(SCRIPT), str(parity)], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHON=str(outer_python)))
+    assert again.returncode == 0 and again.stdout.strip() == str(parity / "bin" / "python")
+    # and the contributor's own environment keeps its ipywidgets
+    theirs = subprocess.run([str(outer_python), "-c", "import ipywidgets; print(ipywidgets.__version__)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    import ipywidgets
+    assert theirs == ipywidgets.__version__ != facts["ipywidgets"]
+
+
 def test_widget_callbacks_from_python_on_colab_versions(colab_python):
     """tests/test_widgets.py again, on the parity interpreter (ipywidgets 7.7.1)."""
     proc = subprocess.run([str(colab_python), "-m", "pytest", str(REPO / "tests" / "test_widgets.py"), "-q",
