@@ -160,13 +160,7 @@ def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib
 def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,
             fb_path, pool_examiner) -> None:
     """The forked worker: grade one student, write feedback, send plain JSON, exit."""
-    keep = {0, 1, 2, write_fd, pool_examiner.sock.fileno()}
-    for fd in _open_fds():
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    close_inherited({0, 1, 2, write_fd, pool_examiner.sock.fileno()})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     sid = job.folder.student_id
     try:
@@ -212,6 +206,18 @@ def _open_fds() -> list[int]:
         return [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return list(range(3, 1024))
+
+
+def close_inherited(keep: set[int]) -> None:
+    """In a forked worker: close every descriptor but ``keep`` (other workers' result pipes,
+    their examiners' sockets, the zygote's control socket, the gradebook...), so nothing a
+    worker starts can reach another student's channel."""
+    for fd in _open_fds():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings, out, pool,

@@ -286,7 +286,8 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
 
 
 def _render(nb) -> bytes:
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    # sanitized: an instructor opens these pages too, and a student's markdown or output must not run script there
+    body, _ = HTMLExporter(template_name="lab", sanitize_html=True).from_notebook_node(nb)
     return _text(body).encode("utf-8", "replace")
 
 

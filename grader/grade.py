@@ -14,11 +14,14 @@ to where it was by re-running the earlier non-test cells, so later exercises sti
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import pathlib
 import time
 import traceback
 from dataclasses import dataclass, field
 
+import nbformat
 from nbformat import NotebookNode
 
 from . import assemble as assembly
@@ -101,8 +104,8 @@ def grade_notebook(student_id: str, submission, source: NotebookNode, template: 
     start = time.monotonic()
     if submission is None:
         return _failed(student_id, source, "no notebook for this assignment found in the folder", start)
-    if isinstance(submission, NotebookNode):
-        nb = submission
+    if isinstance(submission, dict):  # already read (nbformat 3 upgrades come back as their own node class)
+        nb = nbformat.from_dict(submission)
     else:
         try:
             nb = nbs.read_submission(pathlib.Path(submission))
@@ -113,6 +116,11 @@ def grade_notebook(student_id: str, submission, source: NotebookNode, template: 
     except Exception as e:  # a notebook shaped in a way we did not foresee must not stop the batch
         return _failed(student_id, source, f"could not assemble the notebook: {_one_line(e)}", start)
     owned = pool is None
+    if policy.mode == "bwrap" and os.geteuid() == 0 and policy.uid is None:  # a uid of its own for the kernel
+        uids = sandbox.UidPool()
+        with uids.uid() as uid:
+            return grade_notebook(student_id, nb, source, template, work, dataclasses.replace(policy, uid=uid),
+                                  limits, pool)
     try:
         work = pathlib.Path(work)
         work.mkdir(parents=True, exist_ok=True, mode=0o700)

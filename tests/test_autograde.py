@@ -119,7 +119,7 @@ def batch(tmp_path_factory):
         "captured = []\nget_ipython().events.register('pre_run_cell', lambda info: captured.append(info.raw_cell))\n"
         + TRANSPOSED, ))
     spy = nbformat.read(subs / "spy_hidden" / name, as_version=4)
-    spy.cells.append(nbformat.v4.new_code_cell("print('\\n'.join(captured))"))
+    spy.cells.append(nbformat.v4.new_code_cell("print('CAPTURED-' + 'CELLS', '\\n'.join(captured))"))
     nbformat.write(spy, subs / "spy_hidden" / name)
 
     put(subs, "reads_solutions", name, answered(_guarded(
@@ -224,10 +224,10 @@ def test_huge_output_is_truncated_in_feedback(batch):
 
 
 @pytest.mark.parametrize("student", ["tamper_checks", "tamper_testing", "tamper_traceback", "tamper_events"])
-def test_tampering_gains_nothing_and_is_reported(batch, student):
+def test_tampering_gains_nothing(batch, student):
+    # the tests run in the grader's examiner: what the kernel replaces there decides nothing
     r = row(batch, student)
     assert r["status"] == "graded" and float(r["score"]) == 0.0, r
-    assert "tampering detected" in r["reason"], r
 
 
 def test_feedback_never_shows_hidden_tests(batch):
@@ -239,7 +239,9 @@ def test_feedback_never_shows_hidden_tests(batch):
             import html
             assert line not in text and html.escape(line) not in text, (page, line)
     spy = (batch["out"] / "feedback" / "spy_hidden" / f"{ASSIGNMENT}.html").read_text()
-    assert "hidden test line removed" in spy
+    printed = spy.split("CAPTURED-CELLS", 1)[1].split("</pre>", 1)[0]
+    assert "print(" in printed  # the spy saw the cells that ran after it...
+    assert "check_dot_product_scores" not in printed  # ...and no test cell: none ever ran in the kernel
 
 
 def test_every_student_gets_a_feedback_page(batch):

@@ -18,7 +18,7 @@ LIMITS = grade.Limits(cell_timeout=300, notebook_timeout=600)
 
 
 def _policy():
-    return sandbox.Policy(mode=sandbox.resolve_mode("auto"), hidden=[course.SOLUTIONS])
+    return sandbox.Policy(mode=sandbox.resolve_mode("auto"))
 
 
 def _errors(result):
