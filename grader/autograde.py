@@ -14,6 +14,7 @@ feedback page per student.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 import pathlib
@@ -23,15 +24,15 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import nbformat
 
-from . import course, examiner, feedback, grade, intake, release, sandbox
+from . import course, examiner, feedback, grade, gradebook, intake, release, sandbox
 from . import notebooks as nbs
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
+EXTRA_COLUMNS = ["submitted_at", "late_days", "penalty", "raw_score"]
 SKIP_DIRS = intake.SKIP_DIRS
 MAX_RESULT = 1 << 20  # bytes a worker's result may have
 
@@ -44,52 +45,99 @@ class Settings:
     db_url: str | None = None
     progress: bool = True
     feedback: bool = True
+    students: tuple[str, ...] = ()  # regrade only these ids (empty: everyone)
 
 
 def _normalised(stem: str) -> str:
     return intake._normalised(stem)
 
 
-def _write_csv(path: pathlib.Path, assignment: str, results: list[grade.Result]) -> None:
+def _number(x) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+def write_csv(path: pathlib.Path, rows: list) -> None:
+    """``grades.csv`` from the gradebook's view (:func:`grader.gradebook.rows`), written to a
+    temporary file and renamed over the old one: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for r in sorted(results, key=lambda r: r.student_id):
-            score = "" if r.score is None else f"{r.score:g}"
-            writer.writerow([r.student_id, assignment, score, f"{r.max_score:g}", r.status,
-                             " ".join(intake.printable(r.reason).split())])
+        writer.writerow(CSV_COLUMNS + EXTRA_COLUMNS)
+        for r in sorted(rows, key=lambda r: r.student_id):
+            graded = r.status == "graded"
+            writer.writerow([r.student_id, r.assignment, _number(r.score), _number(r.max_score), r.status,
+                             " ".join(intake.printable(r.reason).split()), r.submitted_at,
+                             _number(r.late_days) if graded else "", _number(r.penalty) if graded else "",
+                             _number(r.raw_score)])
     os.replace(tmp, path)
 
 
-def _record_gradebook(db_url: str, assignment: str, results: list[grade.Result]) -> None:
-    course.ensure_tools_on_path()
-    from nbgrader.api import Gradebook, MissingEntry
-
-    with warnings.catch_warnings(), Gradebook(db_url, course_id=course.COURSE_ID) as gb:
-        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings
-        for r in results:
-            gb.update_or_create_student(r.student_id)
-            try:
-                gb.remove_submission(assignment, r.student_id)
-            except MissingEntry:
-                pass
-            if r.status != "graded":
-                continue  # no submission row: a failed grading is not a zero
-            gb.add_submission(assignment, r.student_id)
-            for t in r.tests:
-                try:
-                    g = gb.find_grade(t.grade_id, assignment, assignment, r.student_id)
-                except MissingEntry:
-                    continue
-                g.auto_score = t.points
-            gb.db.commit()
+def write_course_files(out: pathlib.Path, assignment: str, source_path: pathlib.Path, template_text: str,
+                       db_url: str) -> None:
+    """Make ``out`` an nbgrader course folder formgrader can open: ``source/`` and
+    ``release/`` for the assignment, and an ``nbgrader_config.py`` (never overwritten)."""
+    for tree, text in (("source", source_path.read_text(encoding="utf-8")), ("release", template_text)):
+        folder = out / tree / assignment
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{assignment}.ipynb.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / f"{assignment}.ipynb")
+    config = out / "nbgrader_config.py"
+    if not config.exists():
+        lines = ["# Written by attn-grade: formgrader (jupyter lab in this folder) opens this course.",
+                 "c = get_config()  # noqa: F821", f"c.CourseDirectory.course_id = {course.COURSE_ID!r}"]
+        if db_url != course.sqlite_url(out / "gradebook.db"):
+            lines.append(f"c.CourseDirectory.db_url = {db_url!r}")
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _register_assignment(source_path: pathlib.Path, db_url: str) -> nbformat.NotebookNode:
-    """Release the assignment into the gradebook (its cells and points) and return the template."""
-    text = release.student_version(source_path, db_url=db_url)
-    return nbformat.reads(text, as_version=4)
+def write_submitted(out: pathlib.Path, student_id: str, assignment: str, raw: bytes, submitted_at: str = "") -> None:
+    """``submitted/<student>/<assignment>/``: the file as the student handed it in (and its
+    ``timestamp.txt``), so formgrader counts the submission as nbgrader would."""
+    folder = out / "submitted" / feedback_folder(student_id) / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{assignment}.ipynb.tmp"
+    tmp.write_bytes(raw)
+    os.replace(tmp, folder / f"{assignment}.ipynb")
+    stamp = folder / "timestamp.txt"
+    if submitted_at:
+        when = dt.datetime.fromisoformat(submitted_at).astimezone(dt.timezone.utc)
+        stamp.write_text(when.strftime("%Y-%m-%d %H:%M:%S.%f %Z").replace("UTC", "UTC"), encoding="utf-8")
+    elif stamp.exists():
+        stamp.unlink()
+
+
+def write_autograded(out: pathlib.Path, student_id: str, assignment: str, source, result) -> None:
+    """``autograded/<student>/<assignment>/<assignment>.ipynb``: the notebook as graded, with
+    its outputs and each test's score in the cell's nbgrader metadata (what formgrader opens)."""
+    if not result.cells:
+        return
+    points = {t.grade_id: t for t in result.tests}
+    cells = []
+    for cell in result.cells:
+        cell = nbformat.from_dict(dict(cell))
+        meta = cell.get("metadata", {}).get("nbgrader")
+        if isinstance(meta, dict) and meta.get("grade_id") in points:
+            t = points[meta["grade_id"]]
+            meta["score"], meta["attn_grade_status"] = t.points, t.status
+        cells.append(cell)
+    nb = nbformat.v4.new_notebook(cells=cells, metadata=dict(source.metadata))
+    nb.metadata["attn_grade"] = {"score": result.score, "max_score": result.max_score, "status": result.status,
+                                 "reason": result.reason}
+    folder = out / "autograded" / feedback_folder(student_id) / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{assignment}.ipynb.tmp"
+    nbformat.write(nb, tmp)
+    os.replace(tmp, folder / f"{assignment}.ipynb")
+
+
+def _register_assignment(source_path: pathlib.Path, db_url: str) -> str:
+    """Release the assignment into the gradebook (its cells and points); the student version's text."""
+    try:
+        return release.student_version(source_path, db_url=db_url)
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot register {source_path.stem} in the gradebook: {e} (the gradebook has "
+                           "submissions of an earlier version of this notebook with other graded cells)") from None
 
 
 @dataclass
@@ -97,6 +145,7 @@ class _Job:
     folder: intake.Folder
     parts: tuple | None = None
     why: str = ""
+    submitted_at: str = ""  # ISO 8601 in UTC, when the layout or a timestamp says
 
 
 def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
@@ -112,9 +161,17 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     out.mkdir(parents=True, exist_ok=True)
     db_url = settings.db_url or course.sqlite_url(out / "gradebook.db")
     source = nbformat.read(sources[assignment], as_version=4)
-    template = _register_assignment(sources[assignment], db_url)
+    template_text = _register_assignment(sources[assignment], db_url)
+    template = nbformat.reads(template_text, as_version=4)
+    write_course_files(out, assignment, sources[assignment], template_text, db_url)
     mode = sandbox.resolve_mode(settings.sandbox)
     folders = intake.scan(submissions)
+    if settings.students:
+        wanted = set(settings.students)
+        unknown = wanted - {f.student_id for f in folders}
+        if unknown:
+            raise ValueError(f"no submission folder for student(s) {', '.join(sorted(unknown))} in {submissions}")
+        folders = [f for f in folders if f.student_id in wanted]
     counts = intake.census(submissions, folders)
     jobs = []
     for folder in folders:
@@ -138,32 +195,67 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
         if pool is not None:
             pool.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-    _write_csv(out / "grades.csv", assignment, results)
-    _record_gradebook(db_url, assignment, results)
+    for r in results:
+        if r.status == "graded" and r.raw_score is None:
+            r.raw_score = r.score
+    gradebook.record(db_url, assignment, results)
+    write_csv(out / "grades.csv", gradebook.rows(db_url, assignment))
     if settings.progress:
         print(summary(results, assignment, mode, time.monotonic() - start), file=sys.stderr)
     return results
 
 
+def feedback_folder(student_id: str) -> str:
+    """The folder name of a student's feedback: the id itself, shortened (with a hash, so two
+    ids never share a folder) when it would not fit a file name."""
+    if len(student_id.encode("utf-8")) <= 120:
+        return student_id
+    import hashlib
+    return student_id[:60] + "-" + hashlib.sha1(student_id.encode("utf-8")).hexdigest()[:12]
+
+
 def _feedback_path(out: pathlib.Path, student_id: str, assignment: str) -> pathlib.Path:
-    return out / "feedback" / student_id / f"{assignment}.html"
+    return out / "feedback" / feedback_folder(student_id) / f"{assignment}.html"
 
 
-def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib.Path) -> str:
+class _Late(Exception):
+    pass
+
+
+def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib.Path, seconds: float = 120.0) -> str:
+    """Write the page within ``seconds``; past that, a page with the summary alone."""
+    def late(signum, frame):
+        raise _Late()
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 5.0))
     try:
         feedback.write_html(feedback.build(result, assignment, source), path)
         return ""
+    except _Late:
+        cells, result.cells = result.cells, []
+        try:
+            feedback.write_html(feedback.build(result, assignment, source), path)
+        except Exception:  # noqa: BLE001
+            pass
+        result.cells = cells
+        return "feedback page cut to the summary (it took too long to render)"
     except Exception as e:  # noqa: BLE001 - feedback must never cost a student their grade
         return f"feedback not written: {type(e).__name__}: {e}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,
-            fb_path, pool_examiner) -> None:
+            fb_path, pool_examiner, out=None) -> None:
     """The forked worker: grade one student, write feedback, send plain JSON, exit."""
     close_inherited({0, 1, 2, write_fd, pool_examiner.sock.fileno()})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    started = time.monotonic()
     sid = job.folder.student_id
     try:
+        raw = None
         try:
             raw = intake.read_submission_bytes(submissions, job.parts, counts)
             nb = nbs.parse_submission(raw, job.parts[-1])
@@ -173,9 +265,17 @@ def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, t
             result = grade.grade_notebook(sid, nb, source, template, work, policy, limits,
                                           pool=_OneExaminer(pool_examiner))
         if fb_path is not None:
-            problem = _write_feedback(result, assignment, source, fb_path)
+            budget = limits.notebook_timeout + 60 - (time.monotonic() - started)
+            problem = _write_feedback(result, assignment, source, fb_path, budget)
             if problem:
                 result.reason = (result.reason + "; " if result.reason else "") + problem
+        if result.status == "graded" and out is not None:
+            try:
+                if submissions != out / "submitted":
+                    write_submitted(out, sid, assignment, raw, job.submitted_at)
+                write_autograded(out, sid, assignment, source, result)
+            except Exception as e:  # noqa: BLE001 - the grade stands without the copy
+                result.reason = (result.reason + "; " if result.reason else "") + f"autograded copy not written: {e}"
         data = result.as_data()
     except BaseException as e:  # noqa: BLE001 - report, do not hang the parent
         data = {"status": "failed", "reason": f"grader error: {type(e).__name__}: {e}"[:300]}
@@ -268,7 +368,7 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
                     try:
                         os.close(read_fd)
                         _worker(write_fd, job, submissions, counts, assignment, source, template, work,
-                                worker_policy, settings.limits, fb, ex)
+                                worker_policy, settings.limits, fb, ex, out)
                     except BaseException:  # noqa: BLE001
                         code = 1
                     finally:

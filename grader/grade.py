@@ -56,6 +56,12 @@ class Result:
     tests: list[TestOutcome] = field(default_factory=list)
     cells: list = field(default_factory=list)  # executed cells with outputs (for feedback)
     seconds: float = 0.0
+    # set by the grading run, not by the worker: which file, when, how late
+    file: str = ""
+    submitted_at: str = ""  # ISO 8601, UTC
+    late_days: float = 0.0
+    penalty: float = 0.0
+    raw_score: float | None = None
 
     def as_data(self) -> dict:
         """Plain data for the parent process (no cells: the worker writes the feedback)."""
