@@ -29,8 +29,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="attn-grade", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("release", help="regenerate notebooks/ from solutions/")
+    p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (and lay out an nbgrader course)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="assignments to release (default: all)")
     p.add_argument("--check", action="store_true", help="only compare; exit 1 naming the notebooks that differ")
+    p.add_argument("--course", type=pathlib.Path, default=None, metavar="DIR",
+                   help="also write DIR/source and DIR/release, register in DIR's gradebook (nbgrader exchange, formgrader)")
 
     p = sub.add_parser("validate", help="run one notebook as the autograder will; exit 1 if a visible test fails")
     p.add_argument("notebook", type=pathlib.Path)
@@ -44,20 +47,30 @@ def main(argv=None) -> int:
     p.add_argument("--db-url", default=None,
                    help="gradebook URL (default sqlite:///OUT/gradebook.db; e.g. postgresql://user@host/course)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback pages")
+    p.add_argument("--student", action="append", default=[], metavar="ID",
+                   help="regrade only this student (repeatable); grades.csv still lists everyone")
     _add_limits(p)
 
-    sub.add_parser("demo", help="release, collect and grade sample submissions in a temporary folder")
+    p = sub.add_parser("demo", help="release, collect and grade sample submissions")
+    p.add_argument("--keep", type=pathlib.Path, default=None, metavar="DIR",
+                   help="work in DIR and keep it (default: a temporary folder, removed at the end)")
 
     args = parser.parse_args(argv)
     if args.command == "release":
-        drifted = release.release(check=args.check)
+        try:
+            drifted = release.release(check=args.check, names=args.names, course_dir=args.course)
+        except release.ReleaseError as e:
+            print(f"attn-grade: {e}", file=sys.stderr)
+            return 2
+        count = len(args.names) or len(course.assignments())
         if args.check:
             if drifted:
                 print("student notebooks out of date (run `attn-grade release`): " + ", ".join(drifted))
                 return 1
-            print(f"notebooks/ matches solutions/ ({len(course.assignments())} notebooks)")
+            print(f"notebooks/ matches solutions/ ({count} notebooks)")
             return 0
-        print(f"released {len(course.assignments())} notebooks" + (f"; updated: {', '.join(drifted)}" if drifted else "; nothing changed"))
+        print(f"released {count} notebooks" + (f"; updated: {', '.join(drifted)}" if drifted else "; nothing changed")
+              + (f"; course laid out in {args.course}" if args.course else ""))
         return 0
     if args.command == "validate":
         return validate.validate(args.notebook, _limits(args), args.sandbox)
@@ -65,15 +78,21 @@ def main(argv=None) -> int:
         if args.jobs < 1:
             parser.error("--jobs must be at least 1")
         settings = autograde.Settings(jobs=args.jobs, limits=_limits(args), sandbox=args.sandbox,
-                                      db_url=args.db_url, feedback=not args.no_feedback)
+                                      db_url=args.db_url, feedback=not args.no_feedback,
+                                      students=tuple(args.student))
         try:
             results = autograde.autograde(args.submissions, args.assignment, args.out, settings)
         except (ValueError, RuntimeError) as e:
             print(f"attn-grade: {e}", file=sys.stderr)
             return 2
-        print(f"wrote {args.out / 'grades.csv'} ({len(results)} rows)")
+        print(f"graded {len(results)} submission(s); wrote {args.out / 'grades.csv'} (every student of "
+              f"{args.assignment} in the gradebook)")
         return 0
     if args.command == "demo":
-        demo.demo()
+        try:
+            demo.demo(keep=args.keep)
+        except ValueError as e:
+            print(f"attn-grade: {e}", file=sys.stderr)
+            return 2
         return 0
     return 2

@@ -1,8 +1,11 @@
-"""``attn-grade demo``: an instructor's first five minutes, in a temporary folder.
+"""``attn-grade demo [--keep DIR]``: an instructor's first five minutes.
 
 Releases one assignment, writes a handful of typical submissions (right, wrong, broken,
-stuck in a loop, a Colab-renamed copy, an empty folder) and grades them on the embedded
-SQLite gradebook, printing the table an instructor would get.
+stuck in a loop, a Colab-renamed copy, an empty folder, untouched) and grades them on the
+embedded SQLite gradebook, printing the table an instructor would get. By default it all
+happens in a temporary folder that is removed at the end (and the output says so); with
+``--keep DIR`` the folder stays, and every path printed exists afterwards: open
+``DIR/graded`` with ``jupyter lab`` to see the same submissions in formgrader.
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ def _submissions(root: pathlib.Path, source, template) -> pathlib.Path:
 
 def demo(out=None, keep: pathlib.Path | None = None) -> list:
     out = out or sys.stdout
-    root = pathlib.Path(tempfile.mkdtemp(prefix="attn-demo-")) if keep is None else keep
+    if keep is not None:
+        root = pathlib.Path(keep).resolve()
+        if root.exists() and any(root.iterdir()):
+            raise ValueError(f"{root} is not empty: give --keep a new or empty folder")
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = pathlib.Path(tempfile.mkdtemp(prefix="attn-demo-"))
     try:
         source_path = course.assignments()[DEMO_ASSIGNMENT]
         print(f"1. release: generating the student version of {DEMO_ASSIGNMENT} with nbgrader", file=out)
@@ -59,6 +68,10 @@ def demo(out=None, keep: pathlib.Path | None = None) -> list:
         print(f"4. results: {root / 'graded' / 'grades.csv'}\n", file=out)
         print((root / "graded" / "grades.csv").read_text(), file=out)
         print(f"feedback pages: {root / 'graded' / 'feedback'}/<student>/{DEMO_ASSIGNMENT}.html", file=out)
+        if keep is not None:
+            print(f"formgrader: cd {root / 'graded'} && jupyter lab  (then Nbgrader > Formgrader)", file=out)
+        else:
+            print("(this was a temporary folder, removed now; `attn-grade demo --keep DIR` keeps it)", file=out)
         return results
     finally:
         if keep is None:

@@ -504,7 +504,7 @@ class ExaminerPool:
         cmd = sandbox.wrap([sys.executable, "-m", "grader.examiner", "zygote", "--fd", str(theirs.fileno()),
                             "--memory-bytes", str(zpolicy.memory_bytes)],
                            zpolicy, workspace=False, with_grader=True)
-        env = sandbox.environment("/tmp", {"PYTHONPATH": package_parent})
+        env = sandbox.environment("/tmp", {"PYTHONPATH": package_parent, "MPLBACKEND": "Agg"})
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd="/" if policy.mode == "bwrap" else None, start_new_session=True)

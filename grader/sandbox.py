@@ -362,7 +362,10 @@ def environment(home: str, extra: dict | None = None) -> dict:
     env = {
         "PATH": os.pathsep.join([str(pathlib.Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": home, "USER": "student", "LOGNAME": "student", "IPYTHONDIR": os.path.join(home, ".ipython"),
-        "MPLCONFIGDIR": os.path.join(home, ".mpl"), "MPLBACKEND": "Agg", "LANG": "C.UTF-8",
+        # matplotlib's inline backend (ipykernel's default): figures a cell draws reach its
+        # outputs and so the feedback page
+        "MPLCONFIGDIR": os.path.join(home, ".mpl"), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "TMPDIR": "/tmp", "TRITON_CACHE_DIR": os.path.join(home, ".triton"),
         "TORCHINDUCTOR_CACHE_DIR": os.path.join(home, ".inductor"),

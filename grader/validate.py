@@ -1,9 +1,12 @@
 """``attn-grade validate NOTEBOOK``: run a notebook the way the autograder will, before submitting.
 
 Unlike ``nbgrader validate`` (which exits 0 on failure) this exits 1 when a visible test
-fails and prints each failing test's message, i.e. the checker's hint. It restores the
-visible test cells from the released student notebook, so an edited test cannot pass
-here and fail at grading; hidden tests are not run (they are the instructor's).
+fails and prints each failing test's message, i.e. the checker's hint. Which assignment the
+notebook is comes from its cells (their nbgrader ids), not its file name, so a renamed copy is
+still recognised; the visible test cells are then restored from the released student notebook
+shipped with the grader (``grader/released``, present after any install), whatever the student
+did to them, and the tests run in the grader's examiner as at grading time. Hidden tests are
+not run (they are the instructor's): a pass here means the visible tests pass.
 """
 
 from __future__ import annotations
@@ -15,8 +18,32 @@ import tempfile
 
 import nbformat
 
-from . import autograde, course, grade, sandbox
+from . import grade, intake, sandbox
 from . import notebooks as nbs
+
+
+def released_notebooks(folder: pathlib.Path | None = None) -> dict[str, nbformat.NotebookNode]:
+    """The released student notebooks, by assignment name (shipped in ``grader/released``)."""
+    if folder is None:
+        folder = pathlib.Path(__file__).resolve().parent / "released"
+    return {p.stem: nbformat.read(p, as_version=4) for p in sorted(pathlib.Path(folder).glob("*.ipynb"))}
+
+
+def identify(nb, released: dict) -> str | None:
+    """Which released assignment ``nb`` is: most shared nbgrader grade ids, then cell ids."""
+    try:
+        from .layouts import identify as by_layouts  # the intake's rule, when present
+        return by_layouts(nb, released)
+    except ImportError:
+        pass
+    gids = {nbs.grade_id(c) for c in nb.cells} - {None}
+    ids = {c.get("id") for c in nb.cells} - {None}
+    best, best_score = None, (0, 0)
+    for name, rel in released.items():
+        score = (len(gids & {nbs.grade_id(c) for c in rel.cells}), len(ids & {c.get("id") for c in rel.cells}))
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mode: str = "auto",
@@ -24,16 +51,22 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
     """Return the exit code: 0 all visible tests pass, 1 some fail, 2 the notebook cannot run."""
     limits = limits or grade.Limits()
     out = out or sys.stdout
-    notebooks = notebooks or course.NOTEBOOKS
     path = pathlib.Path(path)
     try:
         submission = nbs.read_submission(path)
     except nbs.SubmissionError as e:
         print(f"cannot validate: {e}", file=out)
         return 2
-    name = autograde._normalised(path.stem)
-    released = {p.stem.lower(): p for p in notebooks.glob("*.ipynb")}
-    template = nbformat.read(released[name], as_version=4) if name in released else submission
+    released = released_notebooks(notebooks)
+    name = identify(submission, released)
+    if name is None:
+        by_name = intake._normalised(path.stem)
+        name = by_name if by_name in released else None
+    if name is None:
+        print(f"cannot validate {intake.printable(path.name)}: it is none of the course's notebooks "
+              f"({', '.join(released) or 'none shipped'})", file=out)
+        return 2
+    template = released[name]
     mode = sandbox.resolve_mode(sandbox_mode)
     work = pathlib.Path(tempfile.mkdtemp(prefix="attn-validate-"))
     policy = sandbox.Policy(mode=mode, memory_bytes=limits.memory_bytes)
@@ -42,8 +75,9 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if result.status == "failed":
-        print(f"{path.name}: could not run: {result.reason}", file=out)
+        print(f"{intake.printable(path.name)}: could not run: {result.reason}", file=out)
         return 2
+    print(f"{intake.printable(path.name)} is {name}", file=out)
     for t in result.tests:
         mark = "PASS" if t.status == "ok" else "FAIL"
         print(f"{mark}  {t.grade_id}  ({t.points:g}/{t.max_points:g})", file=out)
@@ -52,6 +86,7 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
     if result.reason:
         print(f"notes: {result.reason}", file=out)
     failed = [t for t in result.tests if t.status != "ok"]
-    verdict = "all visible tests pass" if not failed else f"{len(failed)} of {len(result.tests)} visible tests fail"
-    print(f"{path.name}: {verdict} ({result.score:g}/{result.max_score:g} visible points)", file=out)
+    verdict = ("all visible tests pass (hidden tests run only at grading)" if not failed
+               else f"{len(failed)} of {len(result.tests)} visible tests fail")
+    print(f"{intake.printable(path.name)}: {verdict} ({result.score:g}/{result.max_score:g} visible points)", file=out)
     return 1 if failed else 0
