@@ -108,7 +108,3 @@ def mla_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor
     v = torch.einsum("bkr,hvr->bhkv", c_kv, w_uv)  # (B, H, Nk, dv)
     return weights @ v
 
-
-def mla_cache_per_token(latent_dim: int, rope_dim: int) -> int:
-    """Numbers MLA caches per token and layer: the latent plus the shared RoPE key."""
-    return chk.positive_int("latent_dim", latent_dim) + chk.positive_int("rope_dim", rope_dim, allow_zero=True)

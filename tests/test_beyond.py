@@ -2,8 +2,6 @@
 form against the recurrent one (values and gradients, hypothesis-chosen shapes), the delta
 rule's exact-retrieval property, and the recall models."""
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings

@@ -116,7 +116,9 @@ def check_gated_delta_rule(fn) -> str:
     for label, (B, H, N, dk, dv), options, pass_state in cases:
         q, k, v, beta, gate, S0 = _inputs(g, B, H, N, dk, dv, **options)
         dtype = options.get("dtype", torch.float32)
-        got = c.call(label, q, k, v, beta, gate, *((S0,) if pass_state else ()))
+        got = c.call(label, q, k, v, beta, gate, *((S0,) if pass_state else ()),
+                     if_raises="S is (B, H, dv, dk) and k_t = k[:, :, t] is (B, H, dk): S k_t is "
+                               "torch.einsum('bhvk,bhk->bhv', S, k_t), or (S @ k_t.unsqueeze(-1)).squeeze(-1)")
         _compare(c, label, got, (q, k, v, beta, gate), S0, dtype=dtype)
     return c.passed("gates of 0, initial states, square and rectangular states, unnormalised keys, float64")
 

@@ -163,7 +163,8 @@ def check_mla_scores(fn) -> str:
                     hint=keys + "Absorb w_uk into the query, q_nope @ w_uk[h] (shape (B, H, Nq, r)), and score that "
                                 "against the latents c_kv; never build the per-head keys.")
         q, ckv, w = randn(g, B, H, Nq, dn, dtype=dtype), randn(g, B, Nk, r, dtype=dtype), randn(g, H, dn, r, dtype=dtype)
-        got = c.call(label, q, ckv, w)
+        got = c.call(label, q, ckv, w, if_raises="c_kv (B, Nk, r) has no head axis: c_kv.unsqueeze(1) is (B, 1, Nk, r) "
+                                                 "and broadcasts over the heads of q_nope @ w_uk (B, H, Nq, r)")
         qd, cd, wd = q.double(), ckv.double(), w.double()
         want = torch.einsum("bhqd,hdr,bkr->bhqk", qd, wd, cd)
         wrong = [
@@ -406,7 +407,8 @@ def check_flash_decode(fn) -> str:
         k, v = randn(g, B, H, Nk, d, dtype=dtype), randn(g, B, H, Nk, dv, dtype=dtype)
         if mult > 1:
             k[:, :, -3] = q[:, :, 0] / mult  # the best key, in the last split
-        got = c.call(label, q, k, v, n)
+        got = c.call(label, q, k, v, n, if_raises="with more splits than keys some splits are empty: skip them "
+                                                  "(an empty split contributes nothing)" if n > Nk else "")
         if not _is_tuple(got, 2):
             c.fail(label, "return (out, lse)")
         out, lse = got
