@@ -317,3 +317,26 @@ def test_softcap_is_flex_score_mod_and_bounds_logits(g):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     normed = stabilise.qk_norm(q)
     torch.testing.assert_close(normed.pow(2).mean(-1), torch.ones(1, 2, 8), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda g: attnkit.flash_decode(rand(g, 1, 2, 2, 4), rand(g, 1, 2, 5, 4), rand(g, 1, 2, 5, 4), 2), ValueError,
+     ["(B, H, 1, d)", "(1, 2, 2, 4)"]),
+    (lambda g: attnkit.flash_decode(rand(g, 1, 2, 1, 4), rand(g, 1, 3, 5, 4), rand(g, 1, 3, 5, 4), 2), ValueError,
+     ["(1, 3, 5, 4)"]),
+    (lambda g: attnkit.flash_decode(rand(g, 1, 2, 1, 4), rand(g, 1, 2, 5, 4), rand(g, 1, 2, 5, 4), 0), ValueError,
+     ["n_splits"]),
+    (lambda g: attnkit.flash_decode(rand(g, 1, 2, 1, 4), rand(g, 1, 2, 5, 4), rand(g, 1, 2, 5, 4), 2.0), TypeError,
+     ["n_splits", "float"]),
+    (lambda g: attnkit.sink_attention(rand(g, 2, 4, 5), rand(g, 2, 4, 5), rand(g, 2, 4, 5), rand(g, 2, 1)), ValueError,
+     ["sinks", "(2, 1)"]),
+    (lambda g: attnkit.sink_attention(rand(g, 2, 4, 5), rand(g, 2, 4, 5), rand(g, 2, 4, 5), rand(g, 2, dtype=torch.float32)),
+     TypeError, ["dtypes differ", "float32"]),
+    (lambda g: attnkit.mla_scores(rand(g, 2, 3, 4), rand(g, 2, 5, 8), rand(g, 3, 6, 8)), ValueError,
+     ["q_nope", "4 dimensions", "(2, 3, 4)"]),
+    (lambda g: stabilise.softcap(0), ValueError, ["cap"]),
+])
+def test_bad_input_names_what_is_wrong(g, call, error, words):
+    with pytest.raises(error) as info:
+        call(g)
+    assert all(w in str(info.value) for w in words), str(info.value)
