@@ -56,14 +56,33 @@ if ! PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q $pins 
     exit 1
 fi
 
-mkdir -p "$venv/share/jupyter/kernels/$kernel"
-cat >"$venv/share/jupyter/kernels/$kernel/kernel.json" <<EOF
+# Jupyter's data (nbconvert's templates, JupyterLab's assets, ...) is looked up under
+# {sys.prefix}/share/jupyter, which for the overlay is its own empty folder: link in the active
+# environment's entries. Kernelspecs are the overlay's own: "python3" (what nbconvert, nbclient
+# and the grader start by default) and KERNEL_NAME, both on the overlay's python.
+"$python" - "$venv/share/jupyter" <<'PY'
+import os, sys
+target = sys.argv[1]
+os.makedirs(os.path.join(target, "kernels"), exist_ok=True)
+for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
+    source = os.path.join(prefix, "share", "jupyter")
+    if os.path.isdir(source):
+        for entry in sorted(os.listdir(source)):
+            if entry != "kernels" and not os.path.lexists(os.path.join(target, entry)):
+                os.symlink(os.path.join(source, entry), os.path.join(target, entry))
+PY
+for name in python3 "$kernel"; do
+    label="$display"
+    [ "$name" = python3 ] && label="Python 3 ($kernel)"
+    mkdir -p "$venv/share/jupyter/kernels/$name"
+    cat >"$venv/share/jupyter/kernels/$name/kernel.json" <<EOF
 {
  "argv": ["$venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
- "display_name": "$display",
+ "display_name": "$label",
  "language": "python",
  "metadata": {"debugger": false}
 }
 EOF
+done
 echo "$want" >"$stamp"
 echo "$venv/bin/python"

@@ -14,7 +14,7 @@ handled here, in one place, so that no kernel needs a version switch:
   (``for start in range(0, N, BLOCK)``) into an int with ``int()`` of a one-element array,
   which NumPy 2.4 made an error. :func:`fix_interpreter` (run by :func:`prepare`) installs
   Triton 3.7's one-line fix for the duration of each launch, and :func:`version_problem`
-  turns that error, or a kernel built on the block pointers Triton 3.8 removed, into one
+  turns that error, or a kernel built on the block pointers Triton 3.9 removed, into one
   sentence for the learner.
 * FP fusion: ``a * b + c`` computed as one fused multiply-add, rounded once. Every Triton up to
   3.9 fuses by default, and 3.9 warns that 3.10 will not. The course's kernels and their test
@@ -172,9 +172,9 @@ def version_problem(error: BaseException) -> str | None:
     * Triton before 3.7 with NumPy 2.4 or later under the interpreter (``TypeError: only
       0-dimensional arrays can be converted to Python scalars`` at a loop bound), which happens
       only when :func:`fix_interpreter` was not in place;
-    * block pointers (``tl.make_block_ptr``, ``tl.advance``) on Triton 3.8 or later, which
-      removed them. Triton 3.9 raises ``NotImplementedError`` for them, which a checker must not
-      report as an exercise stub that was never filled in.
+    * block pointers (``tl.make_block_ptr``, ``tl.advance``) on Triton 3.9 or later, which
+      removed them (3.8 deprecated them). Triton 3.9 raises ``NotImplementedError`` for them,
+      which a checker must not report as an exercise stub that was never filled in.
     """
     found = versions()
     triton_v, numpy_v = found["triton"] or "?", found["numpy"] or "?"
@@ -188,8 +188,9 @@ def version_problem(error: BaseException) -> str | None:
                     f"`pip install \"numpy<2.4\"` or `pip install \"triton>=3.7\"` and restart the runtime.")
         if "Block pointers have been removed" in text or (
                 isinstance(e, AttributeError) and re.search(r"'(make_block_ptr|advance)'", str(e))):
-            return (f"Triton {triton_v} has no block pointers (tl.make_block_ptr and tl.advance were removed in "
-                    f"Triton 3.8 in favour of tensor descriptors), so a kernel written with them cannot run here: "
+            return (f"Triton {triton_v} has no block pointers (tl.make_block_ptr and tl.advance, deprecated in "
+                    f"Triton 3.8, were removed in 3.9 in favour of tensor descriptors), so a kernel written with "
+                    f"them cannot run here: "
                     f"build each tile's pointers with arithmetic instead, e.g. "
                     f"X + rows[:, None] * stride_xm + cols[None, :] * stride_xn, as the notebook does.")
     return None

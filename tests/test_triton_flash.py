@@ -222,7 +222,8 @@ def test_per_gpu_configurations():
 @pytest.mark.parametrize("cap,n_all", [((7, 5), 2), ((9, 0), 7)])
 def test_gpu_autotuner_prunes_to_the_bucket(monkeypatch, cap, n_all):
     """What a GPU import builds (no GPU needed to build it): every tile of this GPU registered,
-    pruned per launch to the head-dim bucket and dtype (sm_90: 2 FMA + 3 + 3 tensor-core tiles, one shared)."""
+    pruned per launch to the head-dim bucket and dtype (sm_90: 2 FMA tiles, 4 for d <= 64 and 3 for d = 128,
+    two of them shared)."""
     monkeypatch.setattr(tf._triton, "capability", lambda: cap)
     tuner = tf._tuned("forward")
     assert len(tuner.configs) == n_all
