@@ -292,6 +292,7 @@ class Session:
 
     def run(self, name: str, source: str, seconds: float) -> dict:
         from attnkit import _remote
+        from attnkit.checks import _harness
 
         filename = f"<test {name}>"
         out = _Capped()
@@ -309,6 +310,7 @@ class Session:
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001) + GRACE)
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = out
+        fraction = None
         try:
             code = compile(source, filename, "exec")
             wanted = self._names_to_fetch(source)
@@ -316,7 +318,14 @@ class Session:
                 values = _remote.lookup(wanted)
                 self.ns.update(values)
                 self.fetched = dict(values)
-            exec(code, self.ns)
+            with _harness.partial_credit() as reports:
+                try:
+                    exec(code, self.ns)
+                except _harness.CheckFailed:
+                    # the cell stopped at a checker that ran every case: credit the cases that passed
+                    passed, total = sum(r[1] for r in reports), sum(r[2] for r in reports)
+                    fraction = passed / total if total else 0.0
+                    raise
         except CellTimeout:
             status, ename, evalue = "timeout", "TimeoutError", f"the test ran past its {seconds:.0f} s limit"
         except BaseException as e:  # noqa: BLE001 - the test's verdict
@@ -336,7 +345,8 @@ class Session:
             elif line:
                 evalue = f"(raised in: {line})"
         return {"op": "done", "status": status, "ename": ename[:100], "evalue": evalue[:4000],
-                "stdout": out.value(), "seconds": time.monotonic() - started}
+                "stdout": out.value(), "seconds": time.monotonic() - started,
+                "fraction": fraction if status == "error" else None}
 
 
 def serve(sock: socket.socket) -> None:
@@ -462,9 +472,11 @@ class Examiner:
             header, buffers = self._recv(limit)
             op = header.get("op")
             if op == "done":
+                fraction = header.get("fraction")
+                fraction = min(max(float(fraction), 0.0), 1.0) if type(fraction) in (int, float) else None
                 return {"status": header.get("status") if header.get("status") in ("ok", "error", "timeout")
                         else "error", "ename": str(header.get("ename", "")), "evalue": str(header.get("evalue", "")),
-                        "stdout": str(header.get("stdout", ""))}
+                        "stdout": str(header.get("stdout", "")), "fraction": fraction}
             if op != "kernel" or not isinstance(header.get("request"), dict):
                 raise ExaminerGone(f"unexpected message {op!r}")
             reply, data = relay(header["request"], buffers)

@@ -42,7 +42,7 @@ class TestOutcome:
     grade_id: str
     points: float
     max_points: float
-    status: str  # ok / error / timeout / not run
+    status: str  # ok / partial (some of a checker's cases passed) / error / timeout / not run
     message: str = ""
 
 
@@ -225,8 +225,11 @@ def _run(student_id, built, source, work, policy, limits, start, pool) -> Result
                     notes.append(f"test {label} exceeded {limit:.0f} s and was stopped")
                 status = "ok" if ok else ("timeout" if relay.timed_out or done["status"] == "timeout" else "error")
                 message = "" if ok else _one_line(f"{done.get('ename', '')}: {done.get('evalue', '')}", 300)
-                result.tests.append(TestOutcome(nbs.grade_id(cell), nbs.points(cell) if ok else 0.0,
-                                                nbs.points(cell), status, message))
+                earned = nbs.points(cell) if ok else 0.0
+                if status == "error" and done.get("fraction"):  # a checker that passed some of its cases
+                    earned = round(nbs.points(cell) * done["fraction"], 2)
+                    status = "partial"
+                result.tests.append(TestOutcome(nbs.grade_id(cell), earned, nbs.points(cell), status, message))
                 if relay.lost:
                     notes.append(f"the kernel was restarted after test {label}: {relay.lost}")
                     if not _recover(k, cells[:index], limits, deadline):

@@ -79,7 +79,7 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
         return 2
     print(f"{intake.printable(path.name)} is {name}", file=out)
     for t in result.tests:
-        mark = "PASS" if t.status == "ok" else "FAIL"
+        mark = {"ok": "PASS", "partial": "PART"}.get(t.status, "FAIL")
         print(f"{mark}  {t.grade_id}  ({t.points:g}/{t.max_points:g})", file=out)
         if t.status != "ok":
             print("      " + (t.message or t.status), file=out)

@@ -41,23 +41,24 @@ def check_dot_product_scores(fn) -> str:
     batched_hint = ("k.T reverses every dimension of a batched tensor; transpose only the last two "
                     "with k.transpose(-2, -1)")
     for label, q, k in cases:
-        got = c.call(label, q, k, if_raises=batched_hint if q.ndim > 2 else "")
-        want = _ref_scores(q, k)
-        d = q.shape[-1]
-        qu = q.double() / q.double().norm(dim=-1, keepdim=True)
-        ku = k.double() / k.double().norm(dim=-1, keepdim=True)
-        wrong = [
-            (_ref_scores(k, q), "the scores are transposed: row i must hold query i's score with every "
-                                "key, shape (..., Nq, Nk), so compute q @ k^T, not k @ q^T"),
-            (want / math.sqrt(d), "your scores are divided by sqrt(d); this exercise asks for the raw, "
-                                  "unscaled dot product (the scaling comes in notebook 02)"),
-            (qu @ ku.transpose(-2, -1), "you normalised q and k, which gives cosine similarity; the dot "
-                                        "product keeps the vector lengths"),
-        ]
-        if q.ndim > 2 and got is not None and isinstance(got, torch.Tensor) and got.shape != want.shape:
-            c.fail(label, f"got shape {tuple(got.shape)} for batched inputs, expected {tuple(want.shape)}: "
-                          + batched_hint)
-        c.expect(label, got, want, what="scores", wrong=wrong, dtype=q.dtype)
+        with c.case(label):
+            got = c.call(label, q, k, if_raises=batched_hint if q.ndim > 2 else "")
+            want = _ref_scores(q, k)
+            d = q.shape[-1]
+            qu = q.double() / q.double().norm(dim=-1, keepdim=True)
+            ku = k.double() / k.double().norm(dim=-1, keepdim=True)
+            wrong = [
+                (_ref_scores(k, q), "the scores are transposed: row i must hold query i's score with every "
+                                    "key, shape (..., Nq, Nk), so compute q @ k^T, not k @ q^T"),
+                (want / math.sqrt(d), "your scores are divided by sqrt(d); this exercise asks for the raw, "
+                                      "unscaled dot product (the scaling comes in notebook 02)"),
+                (qu @ ku.transpose(-2, -1), "you normalised q and k, which gives cosine similarity; the dot "
+                                            "product keeps the vector lengths"),
+            ]
+            if q.ndim > 2 and got is not None and isinstance(got, torch.Tensor) and got.shape != want.shape:
+                c.fail(label, f"got shape {tuple(got.shape)} for batched inputs, expected {tuple(want.shape)}: "
+                              + batched_hint)
+            c.expect(label, got, want, what="scores", wrong=wrong, dtype=q.dtype)
     return c.passed("2-D, batched, broadcast heads, d=1, float64")
 
 
@@ -91,39 +92,41 @@ def check_softmax(fn) -> str:
         ("float64 input", randn(g, 3, 8, dtype=torch.float64), -1),
     ]
     for label, x, dim in cases:
-        got = c.call(label, x) if dim is None else c.call(label, x, dim)
-        dim = -1 if dim is None else dim
-        want = _ref_softmax(x, dim)
-        xd = x.double()
-        wrong = []
-        for other in range(x.ndim):
-            if other != dim % x.ndim:
-                wrong.append((_ref_softmax(x, other),
-                              f"the result sums to 1 along dim {other}, not along dim={dim}: did you "
-                              f"ignore the dim argument or normalise over the wrong axis?"))
-        global_max = torch.exp(x - x.max())  # in the learner's dtype, to reproduce its underflow
-        global_max = (global_max / global_max.sum(dim, keepdim=True), "subtract the maximum of each "
-                      "row (x.amax(dim, keepdim=True)), not of the whole tensor: a row far below the "
-                      "global maximum underflows to all zeros")
-        wrong += [
-            (torch.exp(xd - xd.amax(dim, keepdim=True)),
-             "the result does not sum to 1 along dim: divide the exponentials by their sum"),
-            global_max,
-        ]
-        if isinstance(got, torch.Tensor) and torch.isnan(got).any():
-            if torch.isinf(x).any():
-                c.fail(label, "NaN where an entry is -inf: a masked entry must get probability 0. "
-                              "Take the maximum over the row and subtract it; exp(-inf) is 0")
-            if x.abs().max() > 80:
-                c.expect(label, got, want, what="softmax", wrong=[global_max], otherwise=stable_hint)
-        c.expect(label, got, want, what="softmax", wrong=wrong, dtype=x.dtype)
+        with c.case(label):
+            got = c.call(label, x) if dim is None else c.call(label, x, dim)
+            dim = -1 if dim is None else dim
+            want = _ref_softmax(x, dim)
+            xd = x.double()
+            wrong = []
+            for other in range(x.ndim):
+                if other != dim % x.ndim:
+                    wrong.append((_ref_softmax(x, other),
+                                  f"the result sums to 1 along dim {other}, not along dim={dim}: did you "
+                                  f"ignore the dim argument or normalise over the wrong axis?"))
+            global_max = torch.exp(x - x.max())  # in the learner's dtype, to reproduce its underflow
+            global_max = (global_max / global_max.sum(dim, keepdim=True), "subtract the maximum of each "
+                          "row (x.amax(dim, keepdim=True)), not of the whole tensor: a row far below the "
+                          "global maximum underflows to all zeros")
+            wrong += [
+                (torch.exp(xd - xd.amax(dim, keepdim=True)),
+                 "the result does not sum to 1 along dim: divide the exponentials by their sum"),
+                global_max,
+            ]
+            if isinstance(got, torch.Tensor) and torch.isnan(got).any():
+                if torch.isinf(x).any():
+                    c.fail(label, "NaN where an entry is -inf: a masked entry must get probability 0. "
+                                  "Take the maximum over the row and subtract it; exp(-inf) is 0")
+                if x.abs().max() > 80:
+                    c.expect(label, got, want, what="softmax", wrong=[global_max], otherwise=stable_hint)
+            c.expect(label, got, want, what="softmax", wrong=wrong, dtype=x.dtype)
     label = "a row that is entirely -inf (a query with nothing to attend to)"
-    got = c.call(label, all_masked, -1)
-    if isinstance(got, torch.Tensor) and got.shape == all_masked.shape and torch.isnan(got[1]).any():
-        c.fail(label, "an all -inf row gave NaN: its maximum is -inf and -inf - (-inf) is NaN. Every "
-                      "entry is -inf, so every probability must be 0: return zeros for such rows "
-                      "(e.g. replace a -inf maximum by 0, and divide by 1 where the sum is 0)")
-    c.expect(label, got, _ref_softmax(all_masked, -1), what="softmax", dtype=all_masked.dtype)
+    with c.case(label):
+        got = c.call(label, all_masked, -1)
+        if isinstance(got, torch.Tensor) and got.shape == all_masked.shape and torch.isnan(got[1]).any():
+            c.fail(label, "an all -inf row gave NaN: its maximum is -inf and -inf - (-inf) is NaN. Every "
+                          "entry is -inf, so every probability must be 0: return zeros for such rows "
+                          "(e.g. replace a -inf maximum by 0, and divide by 1 where the sum is 0)")
+        c.expect(label, got, _ref_softmax(all_masked, -1), what="softmax", dtype=all_masked.dtype)
     return c.passed("several axes, huge logits, -inf entries, all -inf rows, float64")
 
 
@@ -164,48 +167,49 @@ def check_scaled_dot_product_attention(fn) -> str:
         ("d=1, one key", randn(g, 3, 1), randn(g, 1, 1), randn(g, 1, 2), None),
     ]
     for label, q, k, v, mask in cases:
-        got = c.call(label, q, k, v, mask)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            c.fail(label, f"return a pair (out, weights); got {type(got).__name__}"
-                          + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
-        out, weights = got
-        want_out, want_w = _sdpa(q, k, v, mask)
-        if mask is not None and isinstance(weights, torch.Tensor) and weights.shape == want_w.shape:
-            leaked = (weights.detach().abs() > 0) & ~mask.expand_as(weights)
-            if leaked.any() and not torch.isnan(weights).any():
-                inverted = _sdpa(q, k, v, ~mask)[1]
-                if torch.allclose(weights.double(), inverted, atol=1e-5):
-                    c.fail(label, "your weights are non-zero exactly where the mask is False: True "
-                                  "means 'may attend', so fill the scores with -inf where mask is False (~mask)")
-        full_row = mask is not None and not mask.expand_as(want_w).any(-1).all()
-        if full_row and isinstance(weights, torch.Tensor) and torch.isnan(weights).any():
-            c.fail(label, "a fully masked row gave NaN weights: with every score -inf, softmax is 0/0. "
-                          "Such a query must get all-zero weights and a zero output")
-        d_ = q.shape[-1]
-        wrong_w = [
-            (_sdpa(q, k, v, mask, softmax_dim=-2)[1],
-             "weights do not sum to 1 over keys: did you take softmax over the query axis? Use dim=-1"),
-            (_sdpa(q, k, v, mask, scale=1.0)[1], "weights are too peaked: did you forget to divide the "
-                                                 "scores by sqrt(d)?"),
-            (_sdpa(q, k, v, mask, scale=1 / d_)[1], "you divided the scores by d; the scale is 1/sqrt(d)"),
-            (_sdpa(q, k, v, mask, scale=math.sqrt(d_))[1], "you multiplied the scores by sqrt(d); divide instead"),
-        ]
-        if v.shape[-1] != d_:
-            wrong_w.append((_sdpa(q, k, v, mask, scale=1 / math.sqrt(v.shape[-1]))[1],
-                            "d in 1/sqrt(d) is the query/key dimension q.shape[-1], not v's"))
-        if mask is not None:
-            wrong_w += [
-                (_sdpa(q, k, v, mask, mask_after=True)[1],
-                 "the mask was applied after the softmax, so rows no longer sum to 1: mask the scores "
-                 "(fill with -inf) before the softmax"),
-                (_sdpa(q, k, v, ~mask)[1], "the mask is inverted: True means 'may attend'"),
+        with c.case(label):
+            got = c.call(label, q, k, v, mask)
+            if not (isinstance(got, tuple) and len(got) == 2):
+                c.fail(label, f"return a pair (out, weights); got {type(got).__name__}"
+                              + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+            out, weights = got
+            want_out, want_w = _sdpa(q, k, v, mask)
+            if mask is not None and isinstance(weights, torch.Tensor) and weights.shape == want_w.shape:
+                leaked = (weights.detach().abs() > 0) & ~mask.expand_as(weights)
+                if leaked.any() and not torch.isnan(weights).any():
+                    inverted = _sdpa(q, k, v, ~mask)[1]
+                    if torch.allclose(weights.double(), inverted, atol=1e-5):
+                        c.fail(label, "your weights are non-zero exactly where the mask is False: True "
+                                      "means 'may attend', so fill the scores with -inf where mask is False (~mask)")
+            full_row = mask is not None and not mask.expand_as(want_w).any(-1).all()
+            if full_row and isinstance(weights, torch.Tensor) and torch.isnan(weights).any():
+                c.fail(label, "a fully masked row gave NaN weights: with every score -inf, softmax is 0/0. "
+                              "Such a query must get all-zero weights and a zero output")
+            d_ = q.shape[-1]
+            wrong_w = [
+                (_sdpa(q, k, v, mask, softmax_dim=-2)[1],
+                 "weights do not sum to 1 over keys: did you take softmax over the query axis? Use dim=-1"),
+                (_sdpa(q, k, v, mask, scale=1.0)[1], "weights are too peaked: did you forget to divide the "
+                                                     "scores by sqrt(d)?"),
+                (_sdpa(q, k, v, mask, scale=1 / d_)[1], "you divided the scores by d; the scale is 1/sqrt(d)"),
+                (_sdpa(q, k, v, mask, scale=math.sqrt(d_))[1], "you multiplied the scores by sqrt(d); divide instead"),
             ]
-        if full_row:
-            wrong_w.append((_sdpa(q, k, v, mask, fill=-1e9)[1],
-                            "a fully masked row must give zeros, not uniform weights: with a large "
-                            "negative fill instead of -inf, a query with no allowed key spreads its "
-                            "weight evenly over forbidden keys"))
-        c.expect(label, weights, want_w, what="weights", wrong=wrong_w, dtype=q.dtype)
-        c.expect(label, out, want_out, what="output", dtype=q.dtype,
-                 otherwise="the weights are right but the output is not: out = weights @ v")
+            if v.shape[-1] != d_:
+                wrong_w.append((_sdpa(q, k, v, mask, scale=1 / math.sqrt(v.shape[-1]))[1],
+                                "d in 1/sqrt(d) is the query/key dimension q.shape[-1], not v's"))
+            if mask is not None:
+                wrong_w += [
+                    (_sdpa(q, k, v, mask, mask_after=True)[1],
+                     "the mask was applied after the softmax, so rows no longer sum to 1: mask the scores "
+                     "(fill with -inf) before the softmax"),
+                    (_sdpa(q, k, v, ~mask)[1], "the mask is inverted: True means 'may attend'"),
+                ]
+            if full_row:
+                wrong_w.append((_sdpa(q, k, v, mask, fill=-1e9)[1],
+                                "a fully masked row must give zeros, not uniform weights: with a large "
+                                "negative fill instead of -inf, a query with no allowed key spreads its "
+                                "weight evenly over forbidden keys"))
+            c.expect(label, weights, want_w, what="weights", wrong=wrong_w, dtype=q.dtype)
+            c.expect(label, out, want_out, what="output", dtype=q.dtype,
+                     otherwise="the weights are right but the output is not: out = weights @ v")
     return c.passed("masks broadcast over batch and heads, padding, fully masked rows, Nq != Nk, dv != d")

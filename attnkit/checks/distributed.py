@@ -54,52 +54,53 @@ def check_merge_partials(fn) -> str:
         ("query 3 sees no key in either set", 1.0, padded & (keys < 9), padded & (keys >= 9)),
     ]
     for label, scale, in_a, in_b in cases:
-        q, k, v = randn(g, B, H, N, d) * scale, randn(g, B, H, 16, d), randn(g, B, H, 16, dv)
-        in_a, in_b = in_a.expand(N, 16), in_b.expand(N, 16)
-        out_a, lse_a = (t.float() for t in _partial(q, k, v, in_a))
-        out_b, lse_b = (t.float() for t in _partial(q, k, v, in_b))
-        want, want_lse = _partial(q, k, v, in_a | in_b)  # attention over both key sets at once
-        got = c.call(label, out_a, lse_a, out_b, lse_b)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            c.fail(label, "return a tuple (out, lse)")
-        out, lse = got
-        for name, t in (("out", out), ("lse", lse)):
-            if not isinstance(t, torch.Tensor):
-                c.fail(label, f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
-        finite = torch.isfinite(want_lse)
-        if "large" in label and not (torch.isfinite(out).all() and torch.isfinite(lse[finite]).all()):
-            c.fail(label, "exp overflowed (exp(500) is inf in float32, and inf / inf is NaN): subtract "
-                          "m = max(lse_a, lse_b) before exponentiating, so every weight is at most 1")
-        if "either" in label and (torch.isnan(out).any() or torch.isnan(lse).any()):
-            c.fail(label, "a row where both partials have lse = -inf (no key seen yet) became NaN, because "
-                          "exp(-inf - (-inf)) is NaN: where m is -inf use 0 instead (torch.where), so the row "
-                          "gets out = 0 and lse = -inf")
-        oa, la, ob, lb = out_a.double(), lse_a.double(), out_b.double(), lse_b.double()
-        w_a, w_b, m = _weights(la, lb)
-        total = (w_a + w_b).unsqueeze(-1)
-        w2_a, w2_b, _ = _weights(la, lb, torch.exp2)
-        lse2 = m + torch.log2(w2_a + w2_b)
-        # float32 rounds an lse of 500 by ~3e-5, which moves the weights exp(lse - m) by as much
-        tol = dict(rtol=1e-4, atol=1e-4) if scale > 1 else None
-        c.expect(label, out, want, what="merged output", dtype=out_a.dtype, tol=tol, wrong=[
-            (w_a.unsqueeze(-1) * oa + w_b.unsqueeze(-1) * ob,
-             "the weights exp(lse_a - m) and exp(lse_b - m) were not divided by their sum: each partial counts "
-             "with its share of the softmax mass, exp(lse_a - lse) and exp(lse_b - lse)"),
-            ((oa + ob) / 2, "a plain average of the two outputs: weight each by its share of the softmax mass, "
-                            "exp(lse_a - lse) and exp(lse_b - lse)"),
-            ((w_b.unsqueeze(-1) * oa + w_a.unsqueeze(-1) * ob) / total,
-             "the weights are swapped: out_a is weighted by exp(lse_a - lse), out_b by exp(lse_b - lse)"),
-            ((torch.exp2(la - lse2).unsqueeze(-1) * oa + torch.exp2(lb - lse2).unsqueeze(-1) * ob),
-             "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
-             "and torch.log, not exp2/log2"),
-        ])
-        c.expect(label, lse, want_lse, what="merged log-sum-exp", dtype=lse_a.dtype, wrong=[
-            (torch.maximum(la, lb), "the merged lse is not the larger of the two: it is "
-                                    "log(exp(lse_a) + exp(lse_b)) = m + log(exp(lse_a - m) + exp(lse_b - m))"),
-            (la + lb, "log-sum-exps do not add: the merged sum of exponentials is exp(lse_a) + exp(lse_b), "
-                      "so lse = m + log(exp(lse_a - m) + exp(lse_b - m))"),
-            (lse2, "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
-                   "and torch.log, not exp2/log2"),
-        ])
+        with c.case(label):
+            q, k, v = randn(g, B, H, N, d) * scale, randn(g, B, H, 16, d), randn(g, B, H, 16, dv)
+            in_a, in_b = in_a.expand(N, 16), in_b.expand(N, 16)
+            out_a, lse_a = (t.float() for t in _partial(q, k, v, in_a))
+            out_b, lse_b = (t.float() for t in _partial(q, k, v, in_b))
+            want, want_lse = _partial(q, k, v, in_a | in_b)  # attention over both key sets at once
+            got = c.call(label, out_a, lse_a, out_b, lse_b)
+            if not (isinstance(got, tuple) and len(got) == 2):
+                c.fail(label, "return a tuple (out, lse)")
+            out, lse = got
+            for name, t in (("out", out), ("lse", lse)):
+                if not isinstance(t, torch.Tensor):
+                    c.fail(label, f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
+            finite = torch.isfinite(want_lse)
+            if "large" in label and not (torch.isfinite(out).all() and torch.isfinite(lse[finite]).all()):
+                c.fail(label, "exp overflowed (exp(500) is inf in float32, and inf / inf is NaN): subtract "
+                              "m = max(lse_a, lse_b) before exponentiating, so every weight is at most 1")
+            if "either" in label and (torch.isnan(out).any() or torch.isnan(lse).any()):
+                c.fail(label, "a row where both partials have lse = -inf (no key seen yet) became NaN, because "
+                              "exp(-inf - (-inf)) is NaN: where m is -inf use 0 instead (torch.where), so the row "
+                              "gets out = 0 and lse = -inf")
+            oa, la, ob, lb = out_a.double(), lse_a.double(), out_b.double(), lse_b.double()
+            w_a, w_b, m = _weights(la, lb)
+            total = (w_a + w_b).unsqueeze(-1)
+            w2_a, w2_b, _ = _weights(la, lb, torch.exp2)
+            lse2 = m + torch.log2(w2_a + w2_b)
+            # float32 rounds an lse of 500 by ~3e-5, which moves the weights exp(lse - m) by as much
+            tol = dict(rtol=1e-4, atol=1e-4) if scale > 1 else None
+            c.expect(label, out, want, what="merged output", dtype=out_a.dtype, tol=tol, wrong=[
+                (w_a.unsqueeze(-1) * oa + w_b.unsqueeze(-1) * ob,
+                 "the weights exp(lse_a - m) and exp(lse_b - m) were not divided by their sum: each partial counts "
+                 "with its share of the softmax mass, exp(lse_a - lse) and exp(lse_b - lse)"),
+                ((oa + ob) / 2, "a plain average of the two outputs: weight each by its share of the softmax mass, "
+                                "exp(lse_a - lse) and exp(lse_b - lse)"),
+                ((w_b.unsqueeze(-1) * oa + w_a.unsqueeze(-1) * ob) / total,
+                 "the weights are swapped: out_a is weighted by exp(lse_a - lse), out_b by exp(lse_b - lse)"),
+                ((torch.exp2(la - lse2).unsqueeze(-1) * oa + torch.exp2(lb - lse2).unsqueeze(-1) * ob),
+                 "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
+                 "and torch.log, not exp2/log2"),
+            ])
+            c.expect(label, lse, want_lse, what="merged log-sum-exp", dtype=lse_a.dtype, wrong=[
+                (torch.maximum(la, lb), "the merged lse is not the larger of the two: it is "
+                                        "log(exp(lse_a) + exp(lse_b)) = m + log(exp(lse_a - m) + exp(lse_b - m))"),
+                (la + lb, "log-sum-exps do not add: the merged sum of exponentials is exp(lse_a) + exp(lse_b), "
+                          "so lse = m + log(exp(lse_a - m) + exp(lse_b - m))"),
+                (lse2, "mixed log bases: lse is a natural log (as flash_attention_forward returns it), so use torch.exp "
+                       "and torch.log, not exp2/log2"),
+            ])
     return c.passed("equal and unequal key sets, huge scores, blocks a query cannot see, rows that see nothing")
 

@@ -128,24 +128,28 @@ def check_sliding_window_mask_mod(fn) -> str:
     last = None
     for n, w in [(12, 3), (16, 1), (9, 50), (20, 5)]:
         label = f"window={w}, {n} tokens"
-        mod, got = c.call(label, label, w, n)
-        _bool_or_fail(c, label, got)
-        i, j = _idx(n)
-        want = (j <= i) & (i - j < w)  # (N, N)
-        c.expect(label, got, want.expand(B, H, n, n), what="mask", wrong=[(m.expand(B, H, n, n), hint) for m, hint in [
-            ((j <= i) & (i - j <= w), "off by one: a window of w keeps the query itself and the w - 1 keys before "
-                                      "it (q_idx - kv_idx < window), not w keys before it"),
-            ((j <= i) & (i - j < w - 1), "off by one: the window counts the query itself, so window=w allows w keys "
-                                         "in all: q_idx - window < kv_idx <= q_idx"),
-            ((i - j).abs() < w, "the window looks both ways: a sliding window is causal too, add kv_idx <= q_idx"),
-            (i - j < w, "keys in the future are allowed: a sliding window is causal too, add kv_idx <= q_idx"),
-            ((i <= j) & (j - i < w), "q_idx and kv_idx are swapped: the signature is mask_mod(b, h, q_idx, kv_idx) "
-                                     "and the allowed keys come before the query"),
-            (j <= i, "the window is ignored: this is a plain causal mask"),
-        ]])
-        last = (mod, n, want)
-    mod, n, want = last
-    _agrees_in_flex(c, f"window=5, {n} tokens", mask_mod=mod, n=n, heads=2, mask=want, seed=120)
+        with c.case(label):
+            mod, got = c.call(label, label, w, n)
+            _bool_or_fail(c, label, got)
+            i, j = _idx(n)
+            want = (j <= i) & (i - j < w)  # (N, N)
+            c.expect(label, got, want.expand(B, H, n, n), what="mask", wrong=[(m.expand(B, H, n, n), hint) for m, hint in [
+                ((j <= i) & (i - j <= w), "off by one: a window of w keeps the query itself and the w - 1 keys before "
+                                          "it (q_idx - kv_idx < window), not w keys before it"),
+                ((j <= i) & (i - j < w - 1), "off by one: the window counts the query itself, so window=w allows w keys "
+                                             "in all: q_idx - window < kv_idx <= q_idx"),
+                ((i - j).abs() < w, "the window looks both ways: a sliding window is causal too, add kv_idx <= q_idx"),
+                (i - j < w, "keys in the future are allowed: a sliding window is causal too, add kv_idx <= q_idx"),
+                ((i <= j) & (j - i < w), "q_idx and kv_idx are swapped: the signature is mask_mod(b, h, q_idx, kv_idx) "
+                                         "and the allowed keys come before the query"),
+                (j <= i, "the window is ignored: this is a plain causal mask"),
+            ]])
+            last = (mod, n, want)
+    with c.case("inside flex_attention"):
+        if last is None:
+            c.fail("inside flex_attention", "no mask_mod to run: every earlier case failed")
+        mod, n, want = last
+        _agrees_in_flex(c, f"window=5, {n} tokens", mask_mod=mod, n=n, heads=2, mask=want, seed=120)
     return c.passed("windows 1 to wider than the sequence, over batch and heads, and inside flex_attention")
 
 
@@ -165,34 +169,38 @@ def check_document_mask_mod(fn) -> str:
     ]
     last = None
     for label, ids in cases:
-        doc = torch.tensor(ids)
-        n = len(ids)
-        mod, got = c.call(label, label, doc, n)
-        _bool_or_fail(c, label, got)
-        i, j = _idx(n)
-        want = doc[:, None] == doc[None, :]  # (N, N)
-        shifted = torch.cat((doc[:1], doc[:-1]))  # the boundary moved one token late
-        n_docs = len(set(ids))
-        length = max(n // n_docs, 1)
-        wrong = [
-            (doc[:, None] >= doc[None, :], "tokens see other documents: a token may attend only within its own "
-                                            "document, doc_ids[q_idx] == doc_ids[kv_idx]"),
-            (doc[:, None] <= doc[None, :], "tokens see other documents: a token may attend only within its own "
-                                            "document, doc_ids[q_idx] == doc_ids[kv_idx]"),
-            (want & (j <= i), "this mask is causal; the document mask asked for here is not (combine it with a "
-                              "causal mask afterwards with and_masks)"),
-            ((i // length) == (j // length), "documents have different lengths: look up the document of each "
-                                             "position in doc_ids instead of assuming equal lengths"),
-            (shifted[:, None] == shifted[None, :], "off by one at the document boundaries: position p belongs to "
-                                                   "document doc_ids[p]"),
-            (torch.ones(n, n, dtype=torch.bool), "every token sees every token: compare the documents of the query "
-                                                 "and of the key"),
-        ]
-        c.expect(label, got, want.expand(B, H, n, n), what="mask",
-                 wrong=[(m.expand(B, H, n, n), hint) for m, hint in wrong])
-        last = (mod, n, want)
-    mod, n, want = last
-    _agrees_in_flex(c, "lengths 7, 1, 5, 3", mask_mod=mod, n=n, heads=2, mask=want, seed=121)
+        with c.case(label):
+            doc = torch.tensor(ids)
+            n = len(ids)
+            mod, got = c.call(label, label, doc, n)
+            _bool_or_fail(c, label, got)
+            i, j = _idx(n)
+            want = doc[:, None] == doc[None, :]  # (N, N)
+            shifted = torch.cat((doc[:1], doc[:-1]))  # the boundary moved one token late
+            n_docs = len(set(ids))
+            length = max(n // n_docs, 1)
+            wrong = [
+                (doc[:, None] >= doc[None, :], "tokens see other documents: a token may attend only within its own "
+                                                "document, doc_ids[q_idx] == doc_ids[kv_idx]"),
+                (doc[:, None] <= doc[None, :], "tokens see other documents: a token may attend only within its own "
+                                                "document, doc_ids[q_idx] == doc_ids[kv_idx]"),
+                (want & (j <= i), "this mask is causal; the document mask asked for here is not (combine it with a "
+                                  "causal mask afterwards with and_masks)"),
+                ((i // length) == (j // length), "documents have different lengths: look up the document of each "
+                                                 "position in doc_ids instead of assuming equal lengths"),
+                (shifted[:, None] == shifted[None, :], "off by one at the document boundaries: position p belongs to "
+                                                       "document doc_ids[p]"),
+                (torch.ones(n, n, dtype=torch.bool), "every token sees every token: compare the documents of the query "
+                                                     "and of the key"),
+            ]
+            c.expect(label, got, want.expand(B, H, n, n), what="mask",
+                     wrong=[(m.expand(B, H, n, n), hint) for m, hint in wrong])
+            last = (mod, n, want)
+    with c.case("inside flex_attention"):
+        if last is None:
+            c.fail("inside flex_attention", "no mask_mod to run: every earlier case failed")
+        mod, n, want = last
+        _agrees_in_flex(c, "lengths 7, 1, 5, 3", mask_mod=mod, n=n, heads=2, mask=want, seed=121)
     return c.passed("uneven lengths, unsorted ids, one and many documents, and inside flex_attention")
 
 
@@ -219,34 +227,38 @@ def check_alibi_score_mod(fn) -> str:
     mods = {}
     for n_heads, n in [(4, 7), (8, 10), (6, 5), (1, 4)]:
         label = f"{n_heads} heads, {n} tokens"
-        scores = randn(g, 2, n_heads, n, n, dtype=torch.float64)  # (B, H, N, N)
-        mods[n_heads], got = c.call(label, label, n_heads, scores)
-        i, j = _idx(n)
-        dist = (i - j).abs().double()  # (N, N)
-        slopes = alibi.alibi_slopes(n_heads).double().view(-1, 1, 1)  # (H, 1, 1)
-        want = scores - slopes * dist
-        wrong = [
-            (scores + slopes * dist, "wrong sign: ALiBi subtracts slope * distance, so far keys score lower"),
-            (scores - slopes.flip(0) * dist, "the slopes are in reverse order: head 0 has the steepest slope "
-                                             "2^(-8/H), the last head the gentlest"),
-            (scores - slopes * (i - j).double(), "use the absolute distance |q_idx - kv_idx|: without abs, keys "
-                                                 "after the query get a bonus"),
-            (scores - slopes * (j - i).double(), "use the absolute distance |q_idx - kv_idx|: without abs, keys "
-                                                 "before the query get a bonus"),
-            (scores - slopes[:1] * dist, "every head uses the same slope: index the slopes with h"),
-            ((-slopes * dist).expand_as(scores), "the score is gone: return score minus slope * distance, "
-                                                 "not the bias alone"),
-        ]
-        if n_heads & (n_heads - 1):
-            wrong.append((scores - _slopes_by_formula(n_heads).view(-1, 1, 1) * dist,
-                          f"for {n_heads} heads (not a power of two) the ALiBi paper takes the slopes of the closest "
-                          f"power of two plus every other slope of the next one: use attnkit.alibi_slopes(n_heads)"))
-        # atol 1e-6: slopes computed in float32 or float64 both pass (and both match the mutants), while
-        # every mutant is off by at least the gentlest slope, 2^-8, somewhere
-        c.expect(label, got, want, what="biased scores", tol=dict(rtol=1e-6, atol=1e-6), wrong=wrong)
+        with c.case(label):
+            scores = randn(g, 2, n_heads, n, n, dtype=torch.float64)  # (B, H, N, N)
+            mods[n_heads], got = c.call(label, label, n_heads, scores)
+            i, j = _idx(n)
+            dist = (i - j).abs().double()  # (N, N)
+            slopes = alibi.alibi_slopes(n_heads).double().view(-1, 1, 1)  # (H, 1, 1)
+            want = scores - slopes * dist
+            wrong = [
+                (scores + slopes * dist, "wrong sign: ALiBi subtracts slope * distance, so far keys score lower"),
+                (scores - slopes.flip(0) * dist, "the slopes are in reverse order: head 0 has the steepest slope "
+                                                 "2^(-8/H), the last head the gentlest"),
+                (scores - slopes * (i - j).double(), "use the absolute distance |q_idx - kv_idx|: without abs, keys "
+                                                     "after the query get a bonus"),
+                (scores - slopes * (j - i).double(), "use the absolute distance |q_idx - kv_idx|: without abs, keys "
+                                                     "before the query get a bonus"),
+                (scores - slopes[:1] * dist, "every head uses the same slope: index the slopes with h"),
+                ((-slopes * dist).expand_as(scores), "the score is gone: return score minus slope * distance, "
+                                                     "not the bias alone"),
+            ]
+            if n_heads & (n_heads - 1):
+                wrong.append((scores - _slopes_by_formula(n_heads).view(-1, 1, 1) * dist,
+                              f"for {n_heads} heads (not a power of two) the ALiBi paper takes the slopes of the closest "
+                              f"power of two plus every other slope of the next one: use attnkit.alibi_slopes(n_heads)"))
+            # atol 1e-6: slopes computed in float32 or float64 both pass (and both match the mutants), while
+            # every mutant is off by at least the gentlest slope, 2^-8, somewhere
+            c.expect(label, got, want, what="biased scores", tol=dict(rtol=1e-6, atol=1e-6), wrong=wrong)
     i, j = _idx(12)
     bias = -alibi.alibi_slopes(8).double().view(-1, 1, 1) * (i - j).abs().double()  # (H, N, N)
-    _agrees_in_flex(c, "8 heads, 12 tokens", score_mod=mods[8], n=12, heads=8, bias=bias, seed=123)
+    with c.case("inside flex_attention"):
+        if 8 not in mods:
+            c.fail("8 heads, 12 tokens", "no score_mod to run: the 8-head case failed")
+        _agrees_in_flex(c, "8 heads, 12 tokens", score_mod=mods[8], n=12, heads=8, bias=bias, seed=123)
     return c.passed("power-of-two and other head counts, every head's slope, and inside flex_attention")
 
 

@@ -32,15 +32,16 @@ def check_split_heads(fn) -> str:
     for B, N, H, d in [(2, 12, 4, 4), (1, 5, 3, 2), (3, 7, 1, 6), (2, 4, 6, 1)]:
         x = randn(g, B, N, H * d)
         label = f"x {tuple(x.shape)}, n_heads={H}"
-        got = c.call(label, x, H)
-        c.expect(label, got, _split(x, H), what="heads", tol=dict(rtol=0, atol=0), wrong=[
-            (x.reshape(B, H, N, d), "you reshaped straight to (B, H, N, d): reshape reads memory in "
-             "order, so tokens and heads get mixed. Reshape to (B, N, H, d), then transpose(1, 2)"),
-            (x.reshape(B, N, d, H).permute(0, 3, 1, 2), "head h took every H-th feature; it must take "
-             "the contiguous block h*d:(h+1)*d (reshape to (B, N, H, d), not (B, N, d, H))"),
-            (x.reshape(B, N, H, d), "you forgot to move the head axis: (B, N, H, d) needs transpose(1, 2) "
-             "to become (B, H, N, d)"),
-        ])
+        with c.case(label):
+            got = c.call(label, x, H)
+            c.expect(label, got, _split(x, H), what="heads", tol=dict(rtol=0, atol=0), wrong=[
+                (x.reshape(B, H, N, d), "you reshaped straight to (B, H, N, d): reshape reads memory in "
+                 "order, so tokens and heads get mixed. Reshape to (B, N, H, d), then transpose(1, 2)"),
+                (x.reshape(B, N, d, H).permute(0, 3, 1, 2), "head h took every H-th feature; it must take "
+                 "the contiguous block h*d:(h+1)*d (reshape to (B, N, H, d), not (B, N, d, H))"),
+                (x.reshape(B, N, H, d), "you forgot to move the head axis: (B, N, H, d) needs transpose(1, 2) "
+                 "to become (B, H, N, d)"),
+            ])
     return c.passed("H=1, d=1, several batch sizes")
 
 
@@ -52,13 +53,14 @@ def check_merge_heads(fn) -> str:
     for B, H, N, d in [(2, 4, 12, 4), (1, 3, 5, 2), (3, 1, 7, 6), (2, 6, 4, 1)]:
         x = randn(g, B, H, N, d)
         label = f"x {tuple(x.shape)}"
-        got = c.call(label, x)
-        c.expect(label, got, _merge(x), what="merged tensor", tol=dict(rtol=0, atol=0), wrong=[
-            (x.reshape(B, N, H * d), "you reshaped (B, H, N, d) straight to (B, N, H*d), which mixes "
-             "tokens and heads: transpose(1, 2) first, then reshape"),
-            (x.permute(0, 2, 3, 1).reshape(B, N, H * d), "the features come out ordered (d, H): head h "
-             "must own the contiguous block h*d:(h+1)*d, so transpose to (B, N, H, d) before reshaping"),
-        ])
+        with c.case(label):
+            got = c.call(label, x)
+            c.expect(label, got, _merge(x), what="merged tensor", tol=dict(rtol=0, atol=0), wrong=[
+                (x.reshape(B, N, H * d), "you reshaped (B, H, N, d) straight to (B, N, H*d), which mixes "
+                 "tokens and heads: transpose(1, 2) first, then reshape"),
+                (x.permute(0, 2, 3, 1).reshape(B, N, H * d), "the features come out ordered (d, H): head h "
+                 "must own the contiguous block h*d:(h+1)*d, so transpose to (B, N, H, d) before reshaping"),
+            ])
     return c.passed("H=1, d=1, several batch sizes")
 
 
@@ -96,20 +98,21 @@ def check_multi_head_attention(fn) -> str:
             mask = None
         cases.append((f"x {tuple(x.shape)}, n_heads={H} (d={D // H}), mask={kind}", x, ws, H, mask))
     for label, x, ws, H, mask in cases:
-        got = c.call(label, x, *ws, H, mask)
-        D = x.shape[-1]
-        wrong = [
-            (_mha(x, ws, H, mask, transpose_w=False), "projections must be x @ w.T (as nn.Linear stores "
-             "its weight (out, in)), not x @ w"),
-            (_mha(x, ws, H, mask, out_proj=False), "you forgot the output projection: merge the heads, "
-             "then multiply by w_o.T"),
-        ]
-        if H > 1:
-            wrong += [
-                (_mha(x, ws, H, mask, scale_dim=D), "scores were scaled by 1/sqrt(D); each head has its "
-                 "own head dimension d = D / n_heads, scale by 1/sqrt(d)"),
-                (_mha(x, ws, H, mask, heads=False), "this is single-head attention over all D features: "
-                 "split q, k and v into n_heads heads before attending"),
+        with c.case(label):
+            got = c.call(label, x, *ws, H, mask)
+            D = x.shape[-1]
+            wrong = [
+                (_mha(x, ws, H, mask, transpose_w=False), "projections must be x @ w.T (as nn.Linear stores "
+                 "its weight (out, in)), not x @ w"),
+                (_mha(x, ws, H, mask, out_proj=False), "you forgot the output projection: merge the heads, "
+                 "then multiply by w_o.T"),
             ]
-        c.expect(label, got, _mha(x, ws, H, mask), wrong=wrong, dtype=x.dtype)
+            if H > 1:
+                wrong += [
+                    (_mha(x, ws, H, mask, scale_dim=D), "scores were scaled by 1/sqrt(D); each head has its "
+                     "own head dimension d = D / n_heads, scale by 1/sqrt(d)"),
+                    (_mha(x, ws, H, mask, heads=False), "this is single-head attention over all D features: "
+                     "split q, k and v into n_heads heads before attending"),
+                ]
+            c.expect(label, got, _mha(x, ws, H, mask), wrong=wrong, dtype=x.dtype)
     return c.passed("H=1, H=D, odd head dim, causal and padding masks")

@@ -28,16 +28,17 @@ def check_sinusoidal_positions(fn) -> str:
                                                 hint="Build the angles with torch.arange and take sin/cos."))
     for n, d in [(10, 16), (50, 8), (7, 7), (1, 4), (3, 1), (200, 64)]:
         label = f"n={n}, d={d}"
-        got = c.call(label, n, d)
-        c.expect(label, got, _sinusoid(n, d), what="position table", dtype=torch.float32,
-                 tol=dict(rtol=1e-5, atol=2e-5), wrong=[
-            (_sinusoid(n, d, swap=True), "sin and cos are swapped: even columns 2i hold the sine, odd "
-                                         "columns 2i+1 the cosine"),
-            (_sinusoid(n, d, exponent_scale=1.0), "the exponent is 2i/d where 2i is the even column "
-             "index (pair i), so frequencies run from 1 down to 1/10000; you used i/d"),
-            (_sinusoid(n, d, split=True), "the sines and cosines must be interleaved (column 2i sin, "
-                                          "column 2i+1 cos), not all sines followed by all cosines"),
-        ])
+        with c.case(label):
+            got = c.call(label, n, d)
+            c.expect(label, got, _sinusoid(n, d), what="position table", dtype=torch.float32,
+                     tol=dict(rtol=1e-5, atol=2e-5), wrong=[
+                (_sinusoid(n, d, swap=True), "sin and cos are swapped: even columns 2i hold the sine, odd "
+                                             "columns 2i+1 the cosine"),
+                (_sinusoid(n, d, exponent_scale=1.0), "the exponent is 2i/d where 2i is the even column "
+                 "index (pair i), so frequencies run from 1 down to 1/10000; you used i/d"),
+                (_sinusoid(n, d, split=True), "the sines and cosines must be interleaved (column 2i sin, "
+                                              "column 2i+1 cos), not all sines followed by all cosines"),
+            ])
     return c.passed("odd d, d=1, n=1, long tables")
 
 
@@ -70,27 +71,28 @@ def check_apply_rope(fn) -> str:
         ("float64 x", randn(g, 2, 5, 6, dtype=torch.float64), torch.arange(5), 10000.0),
     ]
     for label, x, pos, theta in cases:
-        got = c.call(label, x, pos) if theta == 10000.0 else c.call(label, x, pos, theta)
-        want = _rope(x, pos, theta)
-        wrong = [
-            (_rope(x, pos, theta, sign=-1.0), "you rotated by minus the angle: pair (a, b) becomes "
-             "(a cos - b sin, a sin + b cos)"),
-            (_rope(x, pos, theta, exponent_scale=1.0), "pair i turns at frequency theta^(-2i/d), "
-             "not theta^(-i/d)"),
-            (x.double(), "nothing was rotated: the output equals the input"),
-        ]
-        if x.shape[-1] > 2:
-            wrong.insert(0, (_rope(x, pos, theta, pairing="half"), "you rotated the half-split pairs "
-                             "(x[i], x[i + d/2]) (GPT-NeoX / Hugging Face); this exercise asks for "
-                             "interleaved pairs (x[2i], x[2i+1]) as in RoFormer"))
-        # A float32 angle p * freq is off by up to p * 2^-24 rad: at p ~ 4000 that is ~2e-4.
-        # Angle tables are commonly built in float32 even for float64 inputs, so float64 gets
-        # the small-position float32 bound too.
-        tol = dict(rtol=1e-3, atol=3e-3) if pos.max() > 100 else dict(rtol=1e-4, atol=1e-5)
-        if isinstance(got, torch.Tensor) and got.shape == x.shape and not torch.allclose(
-                got.detach().double().norm(dim=-1), x.double().norm(dim=-1), rtol=1e-3):
-            c.fail(label, "a rotation keeps every vector's length, but yours changed it")
-        c.expect(label, got, want, what="rotated tensor", wrong=wrong, dtype=x.dtype, tol=tol)
+        with c.case(label):
+            got = c.call(label, x, pos) if theta == 10000.0 else c.call(label, x, pos, theta)
+            want = _rope(x, pos, theta)
+            wrong = [
+                (_rope(x, pos, theta, sign=-1.0), "you rotated by minus the angle: pair (a, b) becomes "
+                 "(a cos - b sin, a sin + b cos)"),
+                (_rope(x, pos, theta, exponent_scale=1.0), "pair i turns at frequency theta^(-2i/d), "
+                 "not theta^(-i/d)"),
+                (x.double(), "nothing was rotated: the output equals the input"),
+            ]
+            if x.shape[-1] > 2:
+                wrong.insert(0, (_rope(x, pos, theta, pairing="half"), "you rotated the half-split pairs "
+                                 "(x[i], x[i + d/2]) (GPT-NeoX / Hugging Face); this exercise asks for "
+                                 "interleaved pairs (x[2i], x[2i+1]) as in RoFormer"))
+            # A float32 angle p * freq is off by up to p * 2^-24 rad: at p ~ 4000 that is ~2e-4.
+            # Angle tables are commonly built in float32 even for float64 inputs, so float64 gets
+            # the small-position float32 bound too.
+            tol = dict(rtol=1e-3, atol=3e-3) if pos.max() > 100 else dict(rtol=1e-4, atol=1e-5)
+            if isinstance(got, torch.Tensor) and got.shape == x.shape and not torch.allclose(
+                    got.detach().double().norm(dim=-1), x.double().norm(dim=-1), rtol=1e-3):
+                c.fail(label, "a rotation keeps every vector's length, but yours changed it")
+            c.expect(label, got, want, what="rotated tensor", wrong=wrong, dtype=x.dtype, tol=tol)
     return c.passed("batched, shuffled and large positions, d=2, custom theta, float64")
 
 
@@ -111,21 +113,22 @@ def check_alibi_bias(fn) -> str:
                                       hint="Compute the slopes and the distance matrix yourself."))
     for H, n_q, n_k in [(8, 5, 5), (4, 3, 7), (6, 4, 4), (12, 2, 9), (1, 1, 1), (3, 5, 2), (16, 6, 6)]:
         label = f"n_heads={H}, n_q={n_q}, n_k={n_k}"
-        got = c.call(label, H, n_q, n_k)
-        slopes = _paper_slopes(H)
-        naive = [2.0 ** (-8.0 * (h + 1) / H) for h in range(H)]
-        wrong = [
-            (_alibi(H, n_q, n_k, slopes, sign=1.0), "the bias must be negative: far-away keys are "
-                                                     "penalised, -slope * distance"),
-            (_alibi(H, n_q, n_k, slopes[::-1]), "the slopes are in reverse order: head 0 gets the largest "
-                                                "slope 2^(-8/H)"),
-            (_alibi(H, n_q, n_k, slopes, offset=0), "queries are aligned to the bottom right: query i sits "
-             "at position i + n_k - n_q"),
-            (_alibi(H, n_q, n_k, slopes, absolute=False), "use the absolute distance |i' - j|"),
-        ]
-        if slopes != naive:
-            wrong.append((_alibi(H, n_q, n_k, naive), f"for n_heads={H}, not a power of two, the ALiBi "
-                          "paper takes the 2^(-8(h+1)/n) slopes of the closest power of two n below H, then "
-                          "every other slope of 2n heads, until there are H"))
-        c.expect(label, got, _alibi(H, n_q, n_k, slopes), what="bias", wrong=wrong, dtype=torch.float32)
+        with c.case(label):
+            got = c.call(label, H, n_q, n_k)
+            slopes = _paper_slopes(H)
+            naive = [2.0 ** (-8.0 * (h + 1) / H) for h in range(H)]
+            wrong = [
+                (_alibi(H, n_q, n_k, slopes, sign=1.0), "the bias must be negative: far-away keys are "
+                                                         "penalised, -slope * distance"),
+                (_alibi(H, n_q, n_k, slopes[::-1]), "the slopes are in reverse order: head 0 gets the largest "
+                                                    "slope 2^(-8/H)"),
+                (_alibi(H, n_q, n_k, slopes, offset=0), "queries are aligned to the bottom right: query i sits "
+                 "at position i + n_k - n_q"),
+                (_alibi(H, n_q, n_k, slopes, absolute=False), "use the absolute distance |i' - j|"),
+            ]
+            if slopes != naive:
+                wrong.append((_alibi(H, n_q, n_k, naive), f"for n_heads={H}, not a power of two, the ALiBi "
+                              "paper takes the 2^(-8(h+1)/n) slopes of the closest power of two n below H, then "
+                              "every other slope of 2n heads, until there are H"))
+            c.expect(label, got, _alibi(H, n_q, n_k, slopes), what="bias", wrong=wrong, dtype=torch.float32)
     return c.passed("powers of two and not, n_q != n_k")

@@ -171,48 +171,49 @@ def check_triton_flash_forward(fn) -> str:
     c = Checker("triton_flash_forward", fn)
     g = gen(111)
     for label, B, H, N, d, causal, dtype, kind in _cases(device.type == "cuda"):
-        c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
-                    _reference_functions(), hint=HINT, forbid_shape=(N, N))
-        q, k, v = (randn(g, B, H, N, d) for _ in range(3))
-        k[..., N // 2:, :] *= 3  # larger scores arrive late: the running max must move
-        want, want_lse = naive(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(), causal)
-        q, k, v = (_slack(t.to(dtype).to(device)) for t in (q, k, v))
-        with count_launches() as launched:
-            got = _call(c, label, q, k, v, causal)
-        if not launched:
-            c.fail(label, NO_KERNEL_HINT)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            c.fail(label, "return two tensors: (out, lse)")
-        out, lse = got
-        if out is None or lse is None:
-            c.fail(label, "return two tensors: (out, lse); one of them is None")
-        for what, t in (("output", out), ("log-sum-exp", lse)):
-            if isinstance(t, torch.Tensor) and torch.isnan(t.detach().float()).any():
-                c.fail(label, NAN_HINT if kind != "basic" else
-                       f"NaN in the {what}: a row that has seen no key yet has m = -inf, and -inf - (-inf) is NaN; "
-                       f"use tl.where(m_new == -inf, 0, m_new) before exp2. Also check that every load is masked")
-        qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
-        tol, tol_lse = _tolerance(q.cpu(), k.cpu(), v.cpu(), causal, want, want_lse)
-        otherwise = {"ragged": RAGGED_HINT, "head_dim": HEAD_DIM_HINT}.get(kind)
-        wrong = [(naive(qd, kd, vd, causal, scale=1.0)[0], SCALE_HINT),
-                 (naive(qd, kd, vd, causal, scale=math.log(2) / math.sqrt(d))[0], EXP2_HINT)]
-        if causal:
-            wrong.append((naive(qd, kd, vd, False)[0], CAUSAL_HINT))
-        for bn in BLOCKS:
-            if bn < N:
-                wrong += [(bad, RESCALE_HINT) for bad in _no_rescale(qd, kd, vd, causal, bn)]
-            if N % bn:
-                wrong.append((_padded_keys(qd, kd, vd, causal, bn)[0], PADDING_HINT))
-        c.expect(label, out, want, what="output", dtype=dtype, tol=tol, wrong=wrong, otherwise=otherwise)
-        s = _scores(qd, kd, causal, 1 / math.sqrt(d))
-        wrong_lse = [(want_lse / math.log(2), LSE_BASE2_HINT), (s.amax(-1), LSE_MAX_HINT),
-                     (s.amax(-1) / math.log(2), LSE_MAX_HINT)]
-        if causal:
-            wrong_lse.append((naive(qd, kd, vd, False)[1], CAUSAL_HINT))
-        if not isinstance(lse, torch.Tensor) or lse.dtype not in (torch.float32, dtype):
-            c.fail(label, f"lse must be a float32 (or {dtype}) tensor, got "
-                          f"{getattr(lse, 'dtype', type(lse).__name__)}")
-        c.expect(label, lse.float(), want_lse, what="log-sum-exp", tol=tol_lse, wrong=wrong_lse, otherwise=otherwise)
+        with c.case(label):
+            c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
+                        _reference_functions(), hint=HINT, forbid_shape=(N, N))
+            q, k, v = (randn(g, B, H, N, d) for _ in range(3))
+            k[..., N // 2:, :] *= 3  # larger scores arrive late: the running max must move
+            want, want_lse = naive(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(), causal)
+            q, k, v = (_slack(t.to(dtype).to(device)) for t in (q, k, v))
+            with count_launches() as launched:
+                got = _call(c, label, q, k, v, causal)
+            if not launched:
+                c.fail(label, NO_KERNEL_HINT)
+            if not (isinstance(got, tuple) and len(got) == 2):
+                c.fail(label, "return two tensors: (out, lse)")
+            out, lse = got
+            if out is None or lse is None:
+                c.fail(label, "return two tensors: (out, lse); one of them is None")
+            for what, t in (("output", out), ("log-sum-exp", lse)):
+                if isinstance(t, torch.Tensor) and torch.isnan(t.detach().float()).any():
+                    c.fail(label, NAN_HINT if kind != "basic" else
+                           f"NaN in the {what}: a row that has seen no key yet has m = -inf, and -inf - (-inf) is NaN; "
+                           f"use tl.where(m_new == -inf, 0, m_new) before exp2. Also check that every load is masked")
+            qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
+            tol, tol_lse = _tolerance(q.cpu(), k.cpu(), v.cpu(), causal, want, want_lse)
+            otherwise = {"ragged": RAGGED_HINT, "head_dim": HEAD_DIM_HINT}.get(kind)
+            wrong = [(naive(qd, kd, vd, causal, scale=1.0)[0], SCALE_HINT),
+                     (naive(qd, kd, vd, causal, scale=math.log(2) / math.sqrt(d))[0], EXP2_HINT)]
+            if causal:
+                wrong.append((naive(qd, kd, vd, False)[0], CAUSAL_HINT))
+            for bn in BLOCKS:
+                if bn < N:
+                    wrong += [(bad, RESCALE_HINT) for bad in _no_rescale(qd, kd, vd, causal, bn)]
+                if N % bn:
+                    wrong.append((_padded_keys(qd, kd, vd, causal, bn)[0], PADDING_HINT))
+            c.expect(label, out, want, what="output", dtype=dtype, tol=tol, wrong=wrong, otherwise=otherwise)
+            s = _scores(qd, kd, causal, 1 / math.sqrt(d))
+            wrong_lse = [(want_lse / math.log(2), LSE_BASE2_HINT), (s.amax(-1), LSE_MAX_HINT),
+                         (s.amax(-1) / math.log(2), LSE_MAX_HINT)]
+            if causal:
+                wrong_lse.append((naive(qd, kd, vd, False)[1], CAUSAL_HINT))
+            if not isinstance(lse, torch.Tensor) or lse.dtype not in (torch.float32, dtype):
+                c.fail(label, f"lse must be a float32 (or {dtype}) tensor, got "
+                              f"{getattr(lse, 'dtype', type(lse).__name__)}")
+            c.expect(label, lse.float(), want_lse, what="log-sum-exp", tol=tol_lse, wrong=wrong_lse, otherwise=otherwise)
     return c.passed("causal and not, float16, d = 40, ragged N, a kernel launched, no PyTorch attention")
 
 
@@ -251,36 +252,37 @@ def check_triton_flash_dq(fn) -> str:
     for label, B, H, N, d, causal in [(f"N = {128 if big else 32}, d = 16", 1, 2, 128 if big else 32, 16, False),
                                       (f"causal, N = {192 if big else 48}, d = 32", 1, 1, 192 if big else 48, 32, True),
                                       (f"ragged: N = {131 if big else 19}, causal", 2, 1, 131 if big else 19, 16, True)]:
-        c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
-                    _reference_functions(), hint="Rebuild P and accumulate dS K inside your @triton.jit kernel.",
-                    forbid_shape=(N, N))
-        q, k, v, d_out = (randn(g, B, H, N, d).to(dtype).double() for _ in range(4))
-        leaf = q.clone().requires_grad_()
-        out64, lse64 = naive(leaf, k, v, causal)
-        (want,) = torch.autograd.grad(out64, leaf, d_out)
-        out64, lse64 = out64.detach(), lse64.detach()
-        args = [_slack(t.to(dtype).to(device)) for t in (q, k, v, out64)]
-        args += [lse64.float().to(device).contiguous(), _slack(d_out.to(dtype).to(device))]
-        with count_launches() as launched:
-            got = _call(c, label, *args, causal)
-        if not launched:
-            c.fail(label, NO_KERNEL_HINT.replace("triton_flash_forward", "triton_flash_dq"))
-        qd, kd, vd, od = (t.detach().cpu().double() for t in args[:4])
-        ld, dd = args[4].cpu().double(), args[5].cpu().double()
-        plain = _dq(*(t.float() for t in (qd, kd, vd, od, ld, dd)), causal)  # the same inputs, in float32
-        err = (plain.double() - want).abs().max().item()
-        base = TOLERANCE.get(dtype, TOLERANCE[torch.float16])
-        floor = (base["atol"] + base["rtol"]) * (8 if dtype == torch.float16 else 1)  # fp16: dS is rounded for tl.dot
-        tol = dict(rtol=floor / 10, atol=max(4 * err, floor))  # P can be large where a mistake unmasks it
-        if isinstance(got, torch.Tensor) and torch.isnan(got.detach().float()).any():
-            c.fail(label, NAN_HINT)
-        wrong = [(_dq(qd, kd, vd, od, ld, dd, causal, delta=False), DQ_NO_DELTA_HINT),
-                 (_dq(qd, kd, vd, od, ld, dd, causal, scale=False), DQ_SCALE_HINT),
-                 (_dq(qd, kd, vd, od, ld, dd, causal, lse_base2=True), DQ_LSE_HINT)]
-        if causal:
-            wrong.append((_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT))
-        c.expect(label, got, want, what="dq", dtype=dtype, tol=tol, wrong=wrong,
-                 otherwise=RAGGED_HINT if N % 16 else None)  # ragged for every block size
+        with c.case(label):
+            c.ban = Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS, **TORCH_MATH}, ATTENTION_ATEN + SOFTMAX_ATEN,
+                        _reference_functions(), hint="Rebuild P and accumulate dS K inside your @triton.jit kernel.",
+                        forbid_shape=(N, N))
+            q, k, v, d_out = (randn(g, B, H, N, d).to(dtype).double() for _ in range(4))
+            leaf = q.clone().requires_grad_()
+            out64, lse64 = naive(leaf, k, v, causal)
+            (want,) = torch.autograd.grad(out64, leaf, d_out)
+            out64, lse64 = out64.detach(), lse64.detach()
+            args = [_slack(t.to(dtype).to(device)) for t in (q, k, v, out64)]
+            args += [lse64.float().to(device).contiguous(), _slack(d_out.to(dtype).to(device))]
+            with count_launches() as launched:
+                got = _call(c, label, *args, causal)
+            if not launched:
+                c.fail(label, NO_KERNEL_HINT.replace("triton_flash_forward", "triton_flash_dq"))
+            qd, kd, vd, od = (t.detach().cpu().double() for t in args[:4])
+            ld, dd = args[4].cpu().double(), args[5].cpu().double()
+            plain = _dq(*(t.float() for t in (qd, kd, vd, od, ld, dd)), causal)  # the same inputs, in float32
+            err = (plain.double() - want).abs().max().item()
+            base = TOLERANCE.get(dtype, TOLERANCE[torch.float16])
+            floor = (base["atol"] + base["rtol"]) * (8 if dtype == torch.float16 else 1)  # fp16: dS is rounded for tl.dot
+            tol = dict(rtol=floor / 10, atol=max(4 * err, floor))  # P can be large where a mistake unmasks it
+            if isinstance(got, torch.Tensor) and torch.isnan(got.detach().float()).any():
+                c.fail(label, NAN_HINT)
+            wrong = [(_dq(qd, kd, vd, od, ld, dd, causal, delta=False), DQ_NO_DELTA_HINT),
+                     (_dq(qd, kd, vd, od, ld, dd, causal, scale=False), DQ_SCALE_HINT),
+                     (_dq(qd, kd, vd, od, ld, dd, causal, lse_base2=True), DQ_LSE_HINT)]
+            if causal:
+                wrong.append((_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT))
+            c.expect(label, got, want, what="dq", dtype=dtype, tol=tol, wrong=wrong,
+                     otherwise=RAGGED_HINT if N % 16 else None)  # ragged for every block size
     return c.passed("causal and not, ragged N, against autograd, a kernel launched")
 
 

@@ -179,43 +179,44 @@ def check_triton_softmax(fn) -> str:
     ]
     launches = 0
     for label, x in cases:
-        if x.is_contiguous():
-            x = _slack(x.to(dev))
-        with count_launches() as launched:
-            got = _call(c, label, x)
-        launches += len(launched)
-        if not launched:
-            c.fail(label, "no Triton kernel was launched: write the softmax in a @triton.jit kernel and launch it "
-                          "with kernel[grid](...) (" + HINT + ")")
-        want = _want(x)
-        if isinstance(got, torch.Tensor) and got.shape == want.shape:
-            g_cpu = got.detach().cpu()
-            bad = ~torch.isfinite(g_cpu) & torch.isfinite(want)
-            if bad.any():
-                if label.startswith("large logits"):
-                    c.fail(label, OVERFLOW_HINT)
-                if label.startswith("-inf"):
-                    rows = torch.isneginf(x.cpu()).all(1)
-                    if bad[rows].any():
-                        c.fail(label, NEGINF_HINT)
-                    c.fail(label, "NaN where an entry is -inf: subtract the row max (finite when any entry is), "
-                                  "and exp(-inf) is 0")
-        wrong = ([(w, PADDING_HINT) for w in _padding_candidates(x)]
-                 + [(w, NEIGHBOUR_HINT) for w in _neighbour_candidates(x)]
-                 + [(w, AXIS_HINT) for w in _axis_candidates(x)]
-                 + [(w, STRIDE_HINT) for w in _stride_candidates(x)]
-                 + [(w, RESCALE_HINT) for w in _no_rescale_candidates(x)])
-        otherwise = None
-        if isinstance(got, torch.Tensor) and got.shape == want.shape:
-            g_cpu = got.detach().cpu()
-            tol = None
-            if not _close(g_cpu, want, tol):
-                sums = g_cpu.double().sum(1)
-                live = ~torch.isneginf(x.cpu()).all(1)
-                if bool((sums[live] < 0.999).all()) and torch.isfinite(g_cpu).all():
-                    otherwise = PADDING_HINT
-                else:
-                    otherwise = _row_hint(g_cpu, want, tol)
-        c.expect(label, got, want, what="softmax", dtype=x.dtype, wrong=wrong, otherwise=otherwise)
+        with c.case(label):
+            if x.is_contiguous():
+                x = _slack(x.to(dev))
+            with count_launches() as launched:
+                got = _call(c, label, x)
+            launches += len(launched)
+            if not launched:
+                c.fail(label, "no Triton kernel was launched: write the softmax in a @triton.jit kernel and launch it "
+                              "with kernel[grid](...) (" + HINT + ")")
+            want = _want(x)
+            if isinstance(got, torch.Tensor) and got.shape == want.shape:
+                g_cpu = got.detach().cpu()
+                bad = ~torch.isfinite(g_cpu) & torch.isfinite(want)
+                if bad.any():
+                    if label.startswith("large logits"):
+                        c.fail(label, OVERFLOW_HINT)
+                    if label.startswith("-inf"):
+                        rows = torch.isneginf(x.cpu()).all(1)
+                        if bad[rows].any():
+                            c.fail(label, NEGINF_HINT)
+                        c.fail(label, "NaN where an entry is -inf: subtract the row max (finite when any entry is), "
+                                      "and exp(-inf) is 0")
+            wrong = ([(w, PADDING_HINT) for w in _padding_candidates(x)]
+                     + [(w, NEIGHBOUR_HINT) for w in _neighbour_candidates(x)]
+                     + [(w, AXIS_HINT) for w in _axis_candidates(x)]
+                     + [(w, STRIDE_HINT) for w in _stride_candidates(x)]
+                     + [(w, RESCALE_HINT) for w in _no_rescale_candidates(x)])
+            otherwise = None
+            if isinstance(got, torch.Tensor) and got.shape == want.shape:
+                g_cpu = got.detach().cpu()
+                tol = None
+                if not _close(g_cpu, want, tol):
+                    sums = g_cpu.double().sum(1)
+                    live = ~torch.isneginf(x.cpu()).all(1)
+                    if bool((sums[live] < 0.999).all()) and torch.isfinite(g_cpu).all():
+                        otherwise = PADDING_HINT
+                    else:
+                        otherwise = _row_hint(g_cpu, want, tol)
+            c.expect(label, got, want, what="softmax", dtype=x.dtype, wrong=wrong, otherwise=otherwise)
     return c.passed(f"{launches} kernel launches; ragged N and M, huge logits, -inf rows, strided and transposed "
                     f"inputs, long rows, float16")
