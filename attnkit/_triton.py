@@ -96,10 +96,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def interpreter_index_broken() -> bool:
+def interpreter_index_broken(found: dict[str, str] | None = None) -> bool:
     """True for the pair whose interpreter fails at loop bounds: Triton before 3.7 with NumPy
-    2.4 or later (unless :func:`fix_interpreter` has run)."""
-    found = versions()
+    2.4 or later (unless :func:`fix_interpreter` has run). ``found``: :func:`versions` of the
+    environment in question (default: this one)."""
+    found = found or versions()
     return bool(found["triton"] and found["numpy"]) and _version(found["triton"]) < (3, 7) \
         and _version(found["numpy"]) >= (2, 4)
 
@@ -160,14 +161,16 @@ def _chain(error: BaseException):
         todo += [e.__cause__, e.__context__]
 
 
-def version_problem(error: BaseException) -> str | None:
+def version_problem(error: BaseException, found: dict[str, str] | None = None) -> str | None:
     """One sentence naming the versions and the fix when ``error``, raised while a learner's
     Triton kernel ran, comes from their Triton/NumPy versions rather than from a mistake the
     exercise is about; ``None`` otherwise.
 
     The whole chain of ``error`` is searched (``__cause__``, ``__context__``), so a checker's
     AssertionError raised ``from`` the kernel's error is understood as well as the kernel's
-    own. Recognised:
+    own; only the exceptions' type names and messages are read, so an error rebuilt from a
+    message that crossed a process boundary works as well. ``found``: :func:`versions` of the
+    environment the kernel ran in, when that is not this process's. Recognised:
 
     * Triton before 3.7 with NumPy 2.4 or later under the interpreter (``TypeError: only
       0-dimensional arrays can be converted to Python scalars`` at a loop bound), which happens
@@ -176,11 +179,11 @@ def version_problem(error: BaseException) -> str | None:
       removed them (3.8 deprecated them). Triton 3.9 raises ``NotImplementedError`` for them,
       which a checker must not report as an exercise stub that was never filled in.
     """
-    found = versions()
+    found = found or versions()
     triton_v, numpy_v = found["triton"] or "?", found["numpy"] or "?"
     for e in _chain(error):
         text = f"{type(e).__name__}: {e}"
-        if "only 0-dimensional arrays can be converted to Python scalars" in text and interpreter_index_broken():
+        if "only 0-dimensional arrays can be converted to Python scalars" in text and interpreter_index_broken(found):
             return (f"Triton {triton_v}'s interpreter cannot run with NumPy {numpy_v} (it fails at every loop "
                     f"whose bound is a kernel argument, whatever the kernel does; Triton 3.7 fixed it), so this "
                     f"error comes from your versions, not from your kernel: run `from attnkit import _triton; "

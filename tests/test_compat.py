@@ -110,6 +110,15 @@ def test_the_numpy_24_error_names_versions_and_fix(monkeypatch):
     assert _triton.version_problem(outer) == sentence
 
 
+def test_versions_of_another_process_can_be_given(monkeypatch):
+    """The grader's examiner composes the message in another process than the kernel's."""
+    _versions(monkeypatch, "3.7.1", "2.4.6")  # this process
+    kernel = {"python": "3.13.0", "torch": "2.11.0", "triton": "3.6.0", "numpy": "2.4.1"}
+    sentence = _triton.version_problem(RuntimeError(f"InterpreterError: TypeError('{ZERO_D}')"), kernel)
+    assert sentence and "Triton 3.6.0" in sentence and "NumPy 2.4.1" in sentence
+    assert _triton.version_problem(TypeError(ZERO_D)) is None
+
+
 @pytest.mark.parametrize("triton,numpy", [("3.7.1", "2.4.6"), ("3.6.0", "2.0.2")])
 def test_the_same_error_on_a_working_pair_is_not_blamed_on_versions(monkeypatch, triton, numpy):
     _versions(monkeypatch, triton, numpy)
