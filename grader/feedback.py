@@ -6,11 +6,22 @@ the hidden code it ran through). Every other output is scrubbed of any line of h
 code and truncated, so a huge print cannot produce a huge page; and the whole page has a hard
 cap (:data:`MAX_PAGE`): past a budget, images, outputs and then whole non-test cells are
 replaced by one-line notes, and the summary at the top counts what was left out.
+
+Pages open offline: maths (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``, LaTeX
+environments) is rendered in the browser by KaTeX, vendored in ``grader/static/katex`` and
+inlined into every page (scripts, CSS, fonts as ``data:`` URIs; :func:`math_head`), its size
+counted in the page budget (:func:`reserve`). Nothing is fetched from a CDN. Markdown and
+outputs are sanitized with an allowlist of tags (:func:`clean_html`); a Content-Security-Policy
+lets only the page's own scripts run, by hash, should anything get past the sanitizer. The
+summary at the top quotes student text and is never typeset.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import functools
+import hashlib
 import html
 import pathlib
 import re
@@ -27,6 +38,7 @@ MAX_OUTPUTS = 30  # outputs per cell
 MAX_SOURCE_SHOWN = 50_000  # characters of one cell's source
 MAX_PAGE = 5_000_000  # bytes of HTML in one feedback page, hard cap
 PAGE_RESERVE = 800_000  # of MAX_PAGE, for the template (about 280 KB of CSS) and the summary
+# ... plus the maths renderer inlined in every page (about 650 KB): see reserve()
 # What the lab template makes of content, per character or per item (measured, then rounded up):
 _CELL_COST, _OUTPUT_COST = 1_000, 300
 _CODE_FACTOR, _MARKDOWN_FACTOR = 10, 3  # syntax highlighting wraps every token; rendered markdown
@@ -155,20 +167,45 @@ def _is_image(out) -> bool:
     return isinstance(data, dict) and any(isinstance(m, str) and m.startswith("image/") for m in data)
 
 
+_NOTE_COST = _OUTPUT_COST + 100  # a one-line note in place of an output
+_SOURCE_NOTE_COST = 250  # a one-line note in place of a source
+
+
+def _skeleton(cell) -> int:
+    """What ``cell`` costs at least once its source and outputs are one-line notes."""
+    outputs = cell.get("outputs") if cell.get("cell_type") == "code" else None
+    n = min(len(outputs), MAX_OUTPUTS + 1) if isinstance(outputs, list) else 0
+    return _CELL_COST + min(_source_cost(cell), _SOURCE_NOTE_COST) + n * _NOTE_COST
+
+
 class _Page:
-    """The running size of a page being built, against its budget (see :func:`fit`)."""
+    """The running size of a page being built, against its budget (see :func:`fit`).
 
-    def __init__(self, budget: int, limit: int):
+    When every cell fits as a skeleton (a cell whose source and outputs are one-line notes),
+    content is taken only while the skeleton of the cells after it still fits: a page shows
+    all its cells, some as notes, rather than its first images and none of its last cells."""
+
+    def __init__(self, budget: int, limit: int, cells: list = ()):
         self.budget, self.limit, self.used, self.dropped = budget, limit, 0, Dropped()
+        skeletons = [_skeleton(c) for c in cells]
+        self.tails = [0] * (len(skeletons) + 1)
+        if sum(skeletons) <= budget:
+            for i in range(len(skeletons) - 1, -1, -1):
+                self.tails[i] = self.tails[i + 1] + skeletons[i]
+        self.held = 0  # bytes held back for the cells after the current one
 
-    def take(self, cost: int, forced: bool = False) -> bool:
-        if forced or self.used + cost <= self.budget:
+    def at(self, index: int) -> None:
+        """The next cell handled is ``cells[index]`` of those given to the constructor."""
+        self.held = self.tails[index + 1] if index + 1 < len(self.tails) else 0
+
+    def take(self, cost: int, forced: bool = False, content: bool = False) -> bool:
+        if forced or self.used + cost + (self.held if content else 0) <= self.budget:
             self.used += cost
             return True
         return False
 
     def source(self, cell, forced: bool) -> None:
-        if not self.take(_source_cost(cell), forced):
+        if not self.take(_source_cost(cell), forced, content=True):
             self.dropped.sources += 1
             cell.pop("attachments", None)
             prefix = "# " if cell.get("cell_type") == "code" else ""
@@ -178,11 +215,11 @@ class _Page:
     def outputs(self, outputs: list, forced: bool, clean=lambda out: out) -> list:
         """``outputs`` (raw, cleaned one by one only while they can still be shown) within budget."""
         outputs = outputs if isinstance(outputs, list) else []
-        kept, collapsed, note_cost = [], 0, _OUTPUT_COST + 100
+        kept, collapsed, note_cost = [], 0, _NOTE_COST
         for out in outputs[:MAX_OUTPUTS]:
-            if forced or self.used + _OUTPUT_COST <= self.budget:
+            if forced or self.used + _OUTPUT_COST + self.held <= self.budget:
                 out = clean(out)
-                if self.take(_output_cost(out), forced):
+                if self.take(_output_cost(out), forced, content=True):
                     kept.append(out)
                     continue
             image = _is_image(out)
@@ -213,8 +250,9 @@ def fit(cells: list, budget: int, keep=None, limit: int = MAX_PAGE) -> tuple[lis
     too; a cell that no longer fits at all is left out (counted, with one note at the end), except
     where ``keep[i]`` (test cells: the instructor's, bounded, and what the student most needs)."""
     keep = keep or [False] * len(cells)
-    page, kept = _Page(budget, limit), []
-    for cell, forced in zip(cells, keep):
+    page, kept = _Page(budget, limit, cells), []
+    for index, (cell, forced) in enumerate(zip(cells, keep)):
+        page.at(index)
         if not page.take(_CELL_COST, forced):
             page.dropped.cells += 1
             continue
@@ -230,8 +268,9 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
     rendered by :func:`write_html`."""
     secrets = [line for c in source.cells if nbs.is_test(c) for line in nbs.hidden_lines(c.source)]
     outcome = {t.grade_id: t for t in result.tests}
-    page, cells = _Page(max(0, max_page - PAGE_RESERVE), max_page), []
-    for original in result.cells:
+    page, cells = _Page(max(0, max_page - reserve()), max_page, result.cells), []
+    for index, original in enumerate(result.cells):
+        page.at(index)
         kind = original.get("cell_type")
         test = kind == "code" and nbs.is_test(original)
         if not page.take(_CELL_COST, test):  # past the budget: not even copied
@@ -279,15 +318,165 @@ def build(result, assignment: str, source, max_page: int = MAX_PAGE) -> nbformat
                f"**Score:** {score}  \n" + (f"**Notes:** {one_line(result.reason, 2000)}  \n" if result.reason else "")
                + (f"**Page size:** {dropped.sentence(max_page)}  \n" if dropped else "") + "\n"
                + ("| test | points | result | message |\n|---|---|---|---|\n" + rows if rows else ""))
-    cells.insert(0, nbformat.v4.new_markdown_cell(summary))
+    cells.insert(0, nbformat.v4.new_markdown_cell(summary, metadata={"tags": [LITERAL_TAG]}))
     return nbformat.v4.new_notebook(cells=cells, metadata={
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"}})
 
 
+# ------------------------------------------------------------------ the page itself ----
+
+KATEX = pathlib.Path(__file__).resolve().parent / "static" / "katex"
+LITERAL_TAG = "attn-literal"  # a markdown cell with this tag is never typeset (the summary quotes student text)
+_FONT = re.compile(r"src:url\(fonts/(KaTeX_[A-Za-z0-9_-]+)\.woff2\) format\(\"woff2\"\)[^;}]*")
+# Where maths is typeset: markdown cells, markdown/HTML/LaTeX outputs; never code, streams or
+# test results (their <pre> is skipped by KaTeX anyway), never the summary.
+_MATH_INIT = r"""(function () {
+  "use strict";
+  var options = {
+    delimiters: [
+      {left: "$$", right: "$$", display: true},
+      {left: "\\[", right: "\\]", display: true},
+      {left: "\\begin{equation}", right: "\\end{equation}", display: true},
+      {left: "\\begin{equation*}", right: "\\end{equation*}", display: true},
+      {left: "\\begin{align}", right: "\\end{align}", display: true},
+      {left: "\\begin{align*}", right: "\\end{align*}", display: true},
+      {left: "\\begin{gather}", right: "\\end{gather}", display: true},
+      {left: "\\begin{gather*}", right: "\\end{gather*}", display: true},
+      {left: "\\(", right: "\\)", display: false},
+      {left: "$", right: "$", display: false}
+    ],
+    ignoredClasses: ["celltag_%(tag)s"],
+    throwOnError: false, strict: "ignore", trust: false, maxSize: 20, maxExpand: 500
+  };
+  function typeset() {
+    var parts = document.querySelectorAll(".jp-RenderedMarkdown, .jp-RenderedHTML, .jp-RenderedLatex");
+    for (var i = 0; i < parts.length; i++) {
+      if (parts[i].closest(".celltag_%(tag)s")) continue;
+      try { window.renderMathInElement(parts[i], options); } catch (e) { /* leave that part's source as it is */ }
+    }
+    document.documentElement.setAttribute("data-attn-math", "done");
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", typeset);
+  else typeset();
+})();
+""" % {"tag": LITERAL_TAG}
+
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}
+{{ resources.attn_csp }}
+{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}
+{{ resources.attn_math }}
+{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def _script(js: str) -> str:
+    if "</script" in js.lower() or "<!--" in js:
+        raise ValueError("a bundled script cannot be inlined as it is")
+    return f"<script>{js}</script>"
+
+
+def _hash(js: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode() + "'"
+
+
+@functools.lru_cache(maxsize=1)
+def _math_parts() -> tuple[str, str]:
+    """(the Content-Security-Policy meta tag, KaTeX's CSS and scripts inlined) for every page."""
+    css = (KATEX / "katex.min.css").read_text(encoding="utf-8")
+
+    def font(m: re.Match) -> str:
+        data = base64.b64encode((KATEX / "fonts" / f"{m.group(1)}.woff2").read_bytes()).decode()
+        return f'src:url(data:font/woff2;base64,{data}) format("woff2")'
+    css, fonts = _FONT.subn(font, css)
+    if not fonts or "url(fonts/" in css:
+        raise RuntimeError(f"{KATEX / 'katex.min.css'}: its @font-face rules are not the ones this code inlines")
+    scripts = [(KATEX / "katex.min.js").read_text(encoding="utf-8"),
+               (KATEX / "auto-render.min.js").read_text(encoding="utf-8"), _MATH_INIT]
+    head = f"<style>{css}</style>\n" + "\n".join(_script(js) for js in scripts) + "\n"
+    csp = ("default-src 'none'; script-src " + " ".join(_hash(js) for js in scripts)
+           + "; style-src 'unsafe-inline'; font-src data:; img-src data: https:; base-uri 'none'; form-action 'none'")
+    return f'<meta http-equiv="Content-Security-Policy" content="{csp}">', head
+
+
+def math_head() -> str:
+    """What every page carries in its head to typeset maths offline: KaTeX's CSS (fonts as
+    ``data:`` URIs), ``katex.min.js``, ``auto-render.min.js`` and the call that runs them."""
+    return _math_parts()[1]
+
+
+def math_overhead() -> int:
+    """Bytes the maths renderer and the policy tag add to every page."""
+    csp, head = _math_parts()
+    return len(csp.encode("utf-8")) + len(head.encode("utf-8"))
+
+
+def reserve() -> int:
+    """Bytes of a page kept back from content: the template, the summary, the maths renderer."""
+    return PAGE_RESERVE + math_overhead()
+
+
+# Sanitizing: nbconvert's own clean_html allows too few tags (no <p>, headings or table header),
+# and escapes the rest, so every paragraph showed as "<p>...". This allowlist keeps what
+# markdown makes and nothing that runs: no script, style, iframe, form, event attribute or
+# ``javascript:`` URL; ``data:`` only as an image.
+_TAGS = frozenset({
+    "a", "abbr", "acronym", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "details", "div",
+    "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins",
+    "kbd", "li", "mark", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strong", "sub", "summary", "sup",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "u", "ul", "var"})
+_DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp|svg\+xml);base64,[A-Za-z0-9+/=\s]*\Z", re.I)
+
+
+def _allowed(tag: str, name: str, value: str) -> bool:
+    if name in ("class", "id", "title"):
+        return True
+    if tag == "a":
+        return name == "href" and not value.strip().lower().startswith("data:")
+    if tag == "img":
+        return name in ("alt", "width", "height") or (
+            name == "src" and (bool(_DATA_IMAGE.match(value.strip())) or value.strip().lower().startswith("https:")))
+    if tag in ("td", "th"):
+        return name in ("colspan", "rowspan", "align", "style")
+    if tag == "ol":
+        return name == "start"
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _css_sanitizer():
+    try:
+        from bleach.css_sanitizer import CSSSanitizer
+    except ImportError:  # tinycss2 missing: no style attribute at all
+        return None
+    return CSSSanitizer(allowed_css_properties=["text-align"])
+
+
+def clean_html(element) -> str:
+    """Student-derived HTML as the page may show it (nbconvert's ``clean_html`` filter, replaced)."""
+    import bleach
+    element = element.decode("utf-8", "replace") if isinstance(element, bytes) else str(element)
+    css = _css_sanitizer()
+    return bleach.clean(element, tags=_TAGS, attributes=_allowed if css else
+                        (lambda tag, name, value: name != "style" and _allowed(tag, name, value)),
+                        protocols={"http", "https", "mailto", "data"}, css_sanitizer=css)
+
+
+def _exporter() -> HTMLExporter:
+    import jinja2
+    return HTMLExporter(template_name="lab", sanitize_html=True, template_file="attn_feedback.html.j2",
+                        extra_loaders=[jinja2.DictLoader({"attn_feedback.html.j2": _TEMPLATE})],
+                        filters={"clean_html": clean_html})
+
+
 def _render(nb) -> bytes:
     # sanitized: an instructor opens these pages too, and a student's markdown or output must not run script there
-    body, _ = HTMLExporter(template_name="lab", sanitize_html=True).from_notebook_node(nb)
+    csp, head = _math_parts()
+    body, _ = _exporter().from_notebook_node(nb, resources={"attn_csp": csp, "attn_math": head})
     return _text(body).encode("utf-8", "replace")
 
 
@@ -312,7 +501,7 @@ def write_html(nb: nbformat.NotebookNode, path: pathlib.Path, max_page: int = MA
     page is the summary alone."""
     nb = _clean_strings(copy.deepcopy(nb))
     body = _render(nb)
-    budget = max(0, max_page - PAGE_RESERVE)
+    budget = max(0, max_page - reserve())
     for _ in range(3):
         if len(body) <= max_page or len(nb.cells) <= 1:
             break
