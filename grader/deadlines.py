@@ -337,7 +337,8 @@ class LatePolicy:
             return Penalty(0, 0.0, raw_score, raw_score)
         if submitted_at.tzinfo is None or due.tzinfo is None:
             raise ValueError("penalty() needs aware datetimes (with a time zone)")
-        late = (submitted_at - due).total_seconds()
+        # in UTC: Python subtracts two times of one zone object by wall clock, blind to DST changes
+        late = (submitted_at.astimezone(timezone.utc) - due.astimezone(timezone.utc)).total_seconds()
         if late <= 0 or late <= self.grace:
             return Penalty(0, 0.0, raw_score, raw_score)
         days = math.ceil(late / DAY)

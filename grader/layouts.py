@@ -636,6 +636,9 @@ def _nbgrader_like(root: _Root, name: str) -> bool:
     return False
 
 
+_LMS_NAMES = {"canvas": "Canvas", "moodle": "Moodle", "blackboard": "Blackboard"}
+
+
 def _detect(root: _Root, top) -> tuple[str, str]:
     if any(n == _GS_METADATA and stat.S_ISREG(st.st_mode) for n, st in top):
         return "gradescope", f"layout gradescope: {_GS_METADATA} found"
@@ -653,7 +656,9 @@ def _detect(root: _Root, top) -> tuple[str, str]:
     qualified = [k for k, n in counts.items() if n and 2 * n >= totals[k]]
     if len(qualified) == 1:
         k = qualified[0]
-        return k, f"layout {k}: {counts[k]} of {totals[k] if k != 'nbgrader' else len(dirs)} entries look like {k}'s"
+        if k == "nbgrader":
+            return k, f"layout nbgrader: {counts[k]} of {len(dirs)} folders hold <assignment>/timestamp.txt"
+        return k, f"layout {k}: {counts[k]} of {len(top)} entries are named as {_LMS_NAMES[k]} names downloads"
     if len(qualified) > 1:
         return "folders", ("layout folders: ambiguous, the entries look like " + " and ".join(qualified)
                            + "; choose one with --layout")
@@ -737,7 +742,7 @@ def _read_nbgrader(root: _Root, top, ctx) -> list[_Found]:
             when, why = _nbgrader_time(root, parts + ("timestamp.txt",), ctx)
             if why:
                 f.notes.append(why)
-            _gather(root, f, parts, when, TIMESTAMP_TXT, display_from=1)
+            _gather(root, f, parts, when, TIMESTAMP_TXT, display_from=1 if ctx.assignment is None else 2)
     return found
 
 

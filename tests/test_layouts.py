@@ -246,7 +246,7 @@ def test_nbgrader_times_come_from_timestamp_txt(tmp_path):
     ada = entries["ada"].choose(A)
     assert ada.submitted_at == T0.replace(microsecond=123456) and ada.candidate.source == "timestamp.txt"
     assert ada.candidate.parts == ("ada", A, f"{A}.ipynb") and marker_of(batch, ada) == "ada"
-    assert ada.reason == f"graded {A}/{A}.ipynb, submitted 2026-11-20 14:03 UTC"
+    assert ada.reason == f"graded {A}.ipynb, submitted 2026-11-20 14:03 UTC"
     assert entries["ben"].choose(A).submitted_at == datetime(2026, 11, 21, 8, 0, 0, 500000, tzinfo=UTC)
     cy = entries["cy"].choose(A)  # only 05 handed in: says so, does not grade 05 as 03
     assert not cy.ok and cy.reason == f"no {A} folder in the student's nbgrader folder (found: 05_multi_head)"
