@@ -288,6 +288,11 @@ def simulate_serving(workload, memory_tokens: int, *, policy: str = "paged", pag
     page_size = chk.positive_int("page_size", page_size)
     if policy not in ("paged", "contiguous"):
         raise ValueError(f"policy must be 'paged' or 'contiguous', got {policy!r}")
+    for r, (prompt, out, max_new) in enumerate(workload):
+        need = prompt + max_new if policy == "contiguous" else math.ceil((prompt + out) / page_size) * page_size
+        if not (0 < prompt and 0 < out <= max_new and need <= memory_tokens):
+            raise ValueError(f"request {r} (prompt {prompt}, output {out}, max_new_tokens {max_new}) can never be "
+                             f"served in {memory_tokens} slots with policy {policy!r}")
     stats = ServingStats(policy)
     waiting = deque(range(len(workload)))
     running: list[int] = []  # request ids in admission order
@@ -315,9 +320,6 @@ def simulate_serving(workload, memory_tokens: int, *, policy: str = "paged", pag
             waiting.popleft()
             running.append(r)
             length[r] = prompt
-        if not running:
-            raise ValueError(f"request {waiting[0]} ({workload[waiting[0]][0]} prompt tokens) can never fit in "
-                             f"{memory_tokens} slots")
         # one decode step
         for r in list(running):
             if r not in length:

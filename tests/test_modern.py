@@ -340,3 +340,11 @@ def test_bad_input_names_what_is_wrong(g, call, error, words):
     with pytest.raises(error) as info:
         call(g)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_serving_refuses_a_request_that_can_never_fit():
+    with pytest.raises(ValueError, match="can never be served"):
+        paging.simulate_serving([(10, 5000, 5000)], 4096)
+    with pytest.raises(ValueError, match="can never be served"):
+        paging.simulate_serving([(100, 20, 4000)], 4096, policy="contiguous")
+    assert paging.simulate_serving([(10, 50, 100)], 4096).steps == 50
