@@ -373,8 +373,10 @@ def _source(cell) -> str:
 def _keys(nb) -> set[str]:
     keys = set()
     for cell in _cells(nb):
-        gid = nbs.grade_id(cell)
-        if gid:
+        meta = cell.get("metadata")
+        grading = meta.get("nbgrader") if isinstance(meta, dict) else None
+        gid = grading.get("grade_id") if isinstance(grading, dict) else None
+        if isinstance(gid, str) and gid:
             keys.add("g:" + gid)
         cid = cell.get("id")
         if isinstance(cid, str) and cid:

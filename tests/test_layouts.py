@@ -637,6 +637,14 @@ class _Spy:
             assert isinstance(path, int), f"scandir by path: {path!r}"
             return real_scandir(path)
 
+        real_stat = os.stat
+
+        def spy_stat(path, *, dir_fd=None, follow_symlinks=True):
+            if dir_fd is not None or os.path.realpath(os.fsdecode(path)).startswith(self.root + os.sep):
+                assert not follow_symlinks, f"stat follows {path!r}"
+            return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+        monkeypatch.setattr(os, "stat", spy_stat)
         monkeypatch.setattr(os, "open", spy_open)
         monkeypatch.setattr(builtins, "open", spy_builtin)
         monkeypatch.setattr(io, "open", spy_builtin)
@@ -656,6 +664,7 @@ def test_hostile_entries_follow_nothing_and_everyone_keeps_an_entry(tmp_path, se
     root = BUILDERS[layout](tmp_path)
     honest = {e.student_id for e in layouts.collect(root, layout, assignment=A).entries}
     hostile = plant(root, secret, layout)
+    fds = len(os.listdir("/proc/self/fd"))
     spy = _Spy(monkeypatch, root)
     batch = layouts.collect(root, "auto", assignment=A)
     assert batch.layout == layout
@@ -675,6 +684,8 @@ def test_hostile_entries_follow_nothing_and_everyone_keeps_an_entry(tmp_path, se
         else:
             read[e.student_id] = choice.reason
     spy.check()
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor left open
     assert "SOLUTION" not in json.dumps(read)  # nothing reached the linked solutions
     assert all(read[h] != "SOLUTION" for h in hostile)
     assert any(marker == "cafe" for marker in read.values()) or layout == "gradescope"
@@ -772,6 +783,8 @@ def test_identify_the_wrong_assignment_handed_in_under_the_right_name(tmp_path):
 def test_identify_says_none_when_nothing_tells():
     assert layouts.identify(nbformat.v4.new_notebook(), RELEASED) is None
     assert layouts.identify({"cells": "not a list"}, RELEASED) is None
+    odd = {"cells": [{"metadata": [], "source": 5, "id": 3}, {"metadata": {"nbgrader": []}}, "x", {"source": [None]}]}
+    assert layouts.identify(odd, RELEASED) is None  # raw JSON that parse_submission would have tidied
     lone = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello world, this is mine')")])
     assert layouts.identify(lone, RELEASED) is None
     assert layouts.identify(RELEASED[A], {}) is None
