@@ -40,9 +40,11 @@ own) and are reported in :attr:`Intake.duplicates`.
 
 Times. Each candidate notebook carries an aware UTC time and its source: ``"lms"`` (Blackboard's
 attempt time, Gradescope's ``created_at``), ``"timestamp.txt"`` (nbgrader) or ``"mtime"`` (the
-file's modification time: folders, Canvas, Moodle; Canvas's zip stores each file's submission
-time, which ``unzip`` keeps). Blackboard's names carry no zone: its metadata's zone is used
-when it is a known one, else ``lms_timezone`` (default: this machine's local zone, noted).
+file's modification time: folders, Canvas, Moodle; for a download that is whatever time the LMS
+wrote into its zip, which ``unzip`` keeps, so unpack with a tool that keeps times). Blackboard's
+names carry no zone: its metadata's zone is used when it is a known one (see
+:data:`deadlines.ABBREVIATIONS`), else ``lms_timezone`` (default: this machine's local zone, noted).
+Canvas's ``LATE`` flag is kept as information (:attr:`Candidate.late`, a note), never as the time.
 
 Sequence for one batch::
 
@@ -71,7 +73,7 @@ import re
 import stat
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timezone, tzinfo
 
 from . import deadlines, intake
 from . import notebooks as nbs

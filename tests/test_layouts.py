@@ -804,7 +804,7 @@ def test_identify_keeps_the_majority_when_a_cell_was_pasted_in():
 
 # ================================================================== sizes ====
 
-def test_a_class_of_200_in_every_layout_is_quick(tmp_path):
+def test_a_class_of_200_canvas_files_is_read_quickly(tmp_path):
     import time
     data = notebook()
     root = tmp_path / "canvas"
