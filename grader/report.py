@@ -304,10 +304,13 @@ def _plots(rows, graded, tests, found, bins, denominator) -> dict[str, bytes]:
             ax.barh(y, [100 * t.partial / t.n if t.n else 0 for t in tests], left=[100 * t.pass_rate for t in tests],
                     color="#e0b040", label="partial credit")
             ax.set_yticks(list(y), [_label(t.grade_id) for t in tests])
-            ax.set_xlim(0, 100)
+            for i, t in zip(y, tests):
+                ax.text(101, i, f"{100 * t.pass_rate:.0f}%", va="center", fontsize=8)
+            ax.set_xlim(0, 112)
+            ax.set_xticks([0, 20, 40, 60, 80, 100])
             ax.set_xlabel("% of graded students")
             ax.set_title("Pass rate per test")
-            ax.legend(loc="lower right", fontsize=8)
+            fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
             out["tests"] = _png(fig)
 
         timed = sorted(((r.seconds, r.student_id) for r in rows if r.seconds > 0), reverse=True)
@@ -344,8 +347,11 @@ def _plots(rows, graded, tests, found, bins, denominator) -> dict[str, bytes]:
             y = range(len(top))[::-1]
             share = [100 * len(m.students) / max(1, denominator) for m in top]
             ax.barh(y, share, color="#b03a3a")
+            for i, v in zip(y, share):
+                ax.text(v + 1, i, f"{v:.0f}%", va="center", fontsize=8)
             ax.set_yticks(list(y), [_label(f"{m.exercise}: {m.hint}", 60) for m in top])
-            ax.set_xlim(0, 100)
+            ax.set_xlim(0, 110)
+            ax.set_xticks([0, 20, 40, 60, 80, 100])
             ax.set_xlabel("% of graded students")
             ax.set_title("Misconceptions: what to reteach")
             out["misconceptions"] = _png(fig)

@@ -304,3 +304,20 @@ def test_normalise_folds_numbers_and_student_text():
     assert rep.normalise("your function raised TypeError: 'int' object is my own text") == \
         rep.normalise("your function raised TypeError: something else (hint)") == "your function raised typeerror"
     assert rep.normalise("wrong dtype: got torch.float64") != rep.normalise("wrong dtype: got torch.int64")
+
+
+def test_a_large_class_renders_without_a_gradebook(tmp_path):
+    """300 students, 40 points: ten score bins, a time histogram instead of one bar each."""
+    rows = [gradebook.Row(f"s{i:03d}", ASSIGNMENT, float(i % 41), 40.0, "graded", seconds=5.0 + i % 17,
+                          tests=[["test_softmax", 0.0, 40.0, "error",
+                                  _message("softmax", f"largest difference {i / 7:.3g} at index ({i}, 0)", f"case {i}")]]
+                          if i % 3 else [["test_softmax", 40.0, 40.0, "ok", ""]])
+            for i in range(300)]
+    page, plots = rep.render(ASSIGNMENT, rows)
+    soup = BeautifulSoup(page, "html.parser")
+    bins = _table(soup, "histogram")
+    assert len(bins) == 10 and bins[-1][0] == "36-40" and sum(int(n) for _, n in bins) == 300
+    assert sum(1 for r in rows if r.score >= 36) == int(bins[-1][1])  # the top bin is closed: 40 is in it
+    (item,) = soup.select("li.misconception")  # 200 students, 200 cases, one mistake
+    assert item.select_one(".share").get_text() == "67% of the class" and "(200 students)" in item.get_text()
+    assert set(plots) == set(rep.PLOTS)
