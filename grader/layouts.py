@@ -1124,13 +1124,18 @@ def _settle(found: list[_Found], roster: Roster | None) -> tuple[list[Entry], li
                 matched[i] = (None, matched[i][1])
             duplicates.append(f"{', '.join(found[i].label for i in idx)} all map to roster id {sid}: "
                               f"{found[keep].label} is graded as {sid}, the others under their own ids")
-    entries, taken = [], set()
-    for f, (s, _) in zip(found, matched):
-        sid = s.id if s is not None else f.fallback_id
-        if not sid:
-            sid = f.label or "unnamed"
-        base, n = sid, 2
-        while sid in taken:
+    entries = []
+    taken = {s.id for s, _ in matched if s is not None}  # roster ids go first: a fallback id never takes one
+    ordered = [i for i, (s, _) in enumerate(matched) if s is not None] + \
+              [i for i, (s, _) in enumerate(matched) if s is None]
+    for i in ordered:
+        f, s = found[i], matched[i][0]
+        if s is not None:
+            sid = base = s.id
+        else:
+            sid = base = f.fallback_id or f.label or "unnamed"
+        n = 2
+        while s is None and sid in taken:
             sid = f"{base} ({f.label})" if n == 2 else f"{base} ({f.label}) #{n}"
             n += 1
         if sid != base:
