@@ -352,11 +352,15 @@ def choose(candidates, assignment: str, *, others=(), empty_reason: str = "") ->
 # ============================================================= identify ====
 
 def released_notebooks(folder: pathlib.Path | None = None) -> dict:
-    """Assignment name -> released student notebook (``notebooks/*.ipynb`` by default)."""
+    """Assignment name -> released student notebook: by default those shipped with the grader
+    (``grader/released``, a link to ``notebooks/`` in a checkout, copies in an installed wheel)."""
     import nbformat
 
     from . import course
-    folder = pathlib.Path(folder) if folder is not None else course.NOTEBOOKS
+    if folder is None:
+        shipped = pathlib.Path(__file__).resolve().parent / "released"
+        folder = shipped if shipped.is_dir() else course.NOTEBOOKS
+    folder = pathlib.Path(folder)
     return {p.stem: nbformat.read(p, as_version=4) for p in sorted(folder.glob("*.ipynb"))}
 
 
