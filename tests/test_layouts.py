@@ -780,6 +780,12 @@ def test_identify_the_wrong_assignment_handed_in_under_the_right_name(tmp_path):
     assert layouts.identify(nb, RELEASED) == "05_multi_head"  # the caller fails "this is 05_multi_head, not 03_attention"
 
 
+def test_released_notebooks_are_the_shipped_ones_or_a_given_folder(tmp_path):
+    assert sorted(RELEASED) == sorted(course.assignments())
+    put(tmp_path / "03_attention.ipynb", notebook())
+    assert list(layouts.released_notebooks(tmp_path)) == [A]
+
+
 def test_identify_says_none_when_nothing_tells():
     assert layouts.identify(nbformat.v4.new_notebook(), RELEASED) is None
     assert layouts.identify({"cells": "not a list"}, RELEASED) is None
