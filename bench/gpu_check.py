@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -45,6 +46,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # the whole check, seconds
 NOTEBOOKS = ("10", "11", "12", "13")
 GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_triton_softmax.py", "tests/test_triton_flash.py")
+GPU_TEST_WORKERS = 4
 # The benchmark's share of a GPU check: every length class the course discusses, both head dims,
 # both dtypes, causal and not, forward and forward + backward, and the CS336 case.
 BENCH_ARGS = ("--n", "1024", "4096", "16384")
@@ -125,6 +127,10 @@ def run_tests(out: pathlib.Path, env: dict, dry_run: bool, limit: float) -> dict
     xml = out / "tests.xml"
     cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "-o", "addopts=-ra --strict-markers", f"--junitxml={xml}", "--durations=15"]
+    if not dry_run and importlib.util.find_spec("xdist") is not None:
+        # Most of the time goes to compiling every tile configuration (one CPU core each), not
+        # to the GPU: four workers compile in parallel and share Triton's cache on disk.
+        cmd += ["-n", str(GPU_TEST_WORKERS)]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=max(limit, 1))
