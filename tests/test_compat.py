@@ -246,6 +246,53 @@ def test_block_pointers_run_before_triton_39_and_are_explained_after():
         assert result["ok"], result
 
 
+CHECKED_BLOCK_POINTER_SOFTMAX = """
+    import json, torch, triton, triton.language as tl
+    from attnkit import _triton
+    _triton.prepare()
+    from attnkit.checks import check_triton_softmax
+
+    @triton.jit
+    def softmax_kernel(X, Y, N, stride_xm, stride_xn, stride_ym, stride_yn, BLOCK_N: tl.constexpr):
+        row = tl.program_id(0)
+        src = tl.make_block_ptr(X + row * stride_xm, shape=(N,), strides=(stride_xn,), offsets=(0,),
+                                block_shape=(BLOCK_N,), order=(0,))
+        dst = tl.make_block_ptr(Y + row * stride_ym, shape=(N,), strides=(stride_yn,), offsets=(0,),
+                                block_shape=(BLOCK_N,), order=(0,))
+        cols = tl.arange(0, BLOCK_N)
+        x = tl.load(src, boundary_check=(0,)).to(tl.float32)
+        x = tl.where(cols < N, x, -float("inf"))
+        m = tl.max(x, 0)
+        m = tl.where(m == -float("inf"), 0.0, m)
+        e = tl.exp(x - m)
+        l = tl.sum(e, 0)
+        tl.store(dst, (e / tl.where(l > 0, l, 1.0)).to(Y.dtype.element_ty), boundary_check=(0,))
+
+    def triton_softmax(x):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        softmax_kernel[(x.shape[0],)](x, y, x.shape[1], *x.stride(), *y.stride(),
+                                      BLOCK_N=max(16, triton.next_power_of_2(x.shape[1])))
+        return y
+
+    try:
+        print(json.dumps(dict(accepted=True, message=check_triton_softmax(triton_softmax))))
+    except AssertionError as e:
+        print(json.dumps(dict(accepted=False, message=str(e)[:300], sentence=_triton.version_problem(e))))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_checker_rejecting_block_pointers_on_triton_39_gets_the_sentence():
+    """A learner's softmax written with block pointers, through the real checker: accepted
+    where block pointers exist; on 3.9 the checker's AssertionError carries the kernel's
+    NotImplementedError, and version_problem reads the versions' sentence out of it."""
+    result = _run(CHECKED_BLOCK_POINTER_SOFTMAX, timeout=600)
+    if _triton._version(_triton.versions()["triton"]) >= (3, 9):
+        assert not result["accepted"] and result["sentence"] and "removed in 3.9" in result["sentence"], result
+    else:
+        assert result["accepted"], result
+
+
 def test_kernels_compiled_for_a_gpu_fuse_multiply_adds_and_say_nothing_about_it():
     """FP fusion is on for our compiles (more fma instructions than with it off) whatever
     TRITON_DEFAULT_FP_FUSION says, so Triton 3.9 has nothing to warn about."""
