@@ -399,7 +399,7 @@ def _math_parts() -> tuple[str, str]:
                (KATEX / "auto-render.min.js").read_text(encoding="utf-8"), _MATH_INIT]
     head = f"<style>{css}</style>\n" + "\n".join(_script(js) for js in scripts) + "\n"
     csp = ("default-src 'none'; script-src " + " ".join(_hash(js) for js in scripts)
-           + "; style-src 'unsafe-inline'; font-src data:; img-src data: https:; base-uri 'none'; form-action 'none'")
+           + "; style-src 'unsafe-inline'; font-src data:; img-src data:; base-uri 'none'; form-action 'none'")
     return f'<meta http-equiv="Content-Security-Policy" content="{csp}">', head
 
 
@@ -422,8 +422,8 @@ def reserve() -> int:
 
 # Sanitizing: nbconvert's own clean_html allows too few tags (no <p>, headings or table header),
 # and escapes the rest, so every paragraph showed as "<p>...". This allowlist keeps what
-# markdown makes and nothing that runs: no script, style, iframe, form, event attribute or
-# ``javascript:`` URL; ``data:`` only as an image.
+# markdown makes and nothing that runs or loads: no script, style, iframe, form, event attribute or
+# ``javascript:`` URL; images only as ``data:`` URIs (a page opens offline and calls nobody).
 _TAGS = frozenset({
     "a", "abbr", "acronym", "b", "blockquote", "br", "caption", "cite", "code", "dd", "del", "details", "div",
     "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins",
@@ -438,8 +438,8 @@ def _allowed(tag: str, name: str, value: str) -> bool:
     if tag == "a":
         return name == "href" and not value.strip().lower().startswith("data:")
     if tag == "img":
-        return name in ("alt", "width", "height") or (
-            name == "src" and (bool(_DATA_IMAGE.match(value.strip())) or value.strip().lower().startswith("https:")))
+        # no image from elsewhere: the page opens offline, and a student's <img> must not call home
+        return name in ("alt", "width", "height") or (name == "src" and bool(_DATA_IMAGE.match(value.strip())))
     if tag in ("td", "th"):
         return name in ("colspan", "rowspan", "align", "style")
     if tag == "ol":

@@ -29,7 +29,9 @@ CDN = re.compile(r"cdnjs|jsdelivr|unpkg|googleapis|mathjax|require(\.min)?\.js|m
 INLINE = r"The softmax is $\mathrm{softmax}(x)_i = \frac{e^{x_i}}{\sum_j e^{x_j}}$ for $x \in \mathbb{R}^n$."
 DISPLAY = r"$$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\left(\frac{QK^\top}{\sqrt{d}}\right) V$$"
 HOSTILE = ('A student cell: <script>window.__pwned = 1</script> <img src="x" onerror="window.__pwned = 2"> '
-           '<a href="javascript:window.__pwned = 3">link</a> and $y^2$.')
+           '<a href="javascript:window.__pwned = 3">link</a> and $y^2$. '
+           '[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/x) '
+           '<img src="data:image/png;base64,iVBORw0KGgo=" alt="inline">')
 
 
 def _source() -> nbformat.NotebookNode:
@@ -82,6 +84,9 @@ def test_no_cdn_left_in_the_page(page):
     assert not [s for s in soup.find_all("script") if s.get("src")]  # nothing loaded: every script inline
     assert not [link for link in soup.find_all("link") if link.get("href")]
     assert "url(fonts/" not in text  # no font file next to the page either
+    # no image from elsewhere (the course's Colab badges): its alt text stays; data: images stay
+    assert not [i for i in soup.find_all("img") if not str(i.get("src", "data:")).startswith("data:")]
+    assert soup.find("img", alt="Open In Colab") and soup.find("img", alt="inline")["src"].startswith("data:image/png")
 
 
 def test_the_bundled_renderer_is_in_the_page(page):
