@@ -162,7 +162,7 @@ def misconceptions(rows: list[gradebook.Row], scrub=str) -> list[Misconception]:
             continue
         for t in r.tests:
             gid, points, max_points, status, message = _test(t)
-            if status in ("ok", "timeout", "not run") or (status != "ok" and max_points > 0 and points >= max_points):
+            if status in ("ok", "timeout", "not run") or (max_points > 0 and points >= max_points):
                 continue
             exercise, hint, case, truncated = parse_message(scrub(message), gid)
             failures.append(Failure(r.student_id, gid, exercise, hint, normalise(hint), case, truncated))
