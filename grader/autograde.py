@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import nbformat
 
-from . import course, examiner, feedback, grade, gradebook, intake, release, sandbox
+from . import course, deadlines, examiner, feedback, grade, gradebook, intake, layouts, release, sandbox
 from . import notebooks as nbs
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason"]
@@ -46,6 +46,11 @@ class Settings:
     progress: bool = True
     feedback: bool = True
     students: tuple[str, ...] = ()  # regrade only these ids (empty: everyone)
+    layout: str = "auto"
+    roster: pathlib.Path | None = None
+    due: str | None = None
+    extensions: pathlib.Path | None = None
+    late_policy: str | None = None
 
 
 def _normalised(stem: str) -> str:
@@ -142,15 +147,22 @@ def _register_assignment(source_path: pathlib.Path, db_url: str) -> str:
 
 @dataclass
 class _Job:
-    folder: intake.Folder
+    entry: layouts.Entry
     parts: tuple | None = None
-    why: str = ""
+    why: str = ""  # when there is nothing to grade: the row's reason
+    file: str = ""  # "graded Copy of 03_attention (1).ipynb, submitted ..."
+    say_file: bool = False  # the file graded is worth naming in the row's reason
     submitted_at: str = ""  # ISO 8601 in UTC, when the layout or a timestamp says
+
+    @property
+    def student_id(self) -> str:
+        return self.entry.student_id
 
 
 def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
               settings: Settings | None = None, solutions: pathlib.Path = course.SOLUTIONS) -> list[grade.Result]:
-    """Grade every folder in ``submissions``; write ``out/grades.csv`` and ``out/feedback/``."""
+    """Grade the submissions in ``submissions`` (any layout); merge into the gradebook and write
+    ``out/grades.csv`` (the gradebook's view), ``out/feedback/`` and the course folders."""
     settings = settings or Settings()
     submissions, out = pathlib.Path(submissions).resolve(), pathlib.Path(out).resolve()
     sources = course.assignments(solutions)
@@ -158,28 +170,53 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
         raise ValueError(f"unknown assignment {assignment!r}; the course has: {', '.join(sources) or 'none'}")
     if not submissions.is_dir():
         raise ValueError(f"{submissions} is not a folder of student folders")
+    # everything the instructor typed is checked before anything is graded
+    late = deadlines.parse_policy(settings.late_policy or "none")
+    notes: list[str] = []
+    due = None
+    if settings.due:
+        due, note = deadlines.parse_time(settings.due, what="--due")
+        notes += [note] if note else []
+    elif late.kind != "none":
+        raise ValueError("--late-policy needs --due (when is the assignment due?)")
+    extensions = deadlines.read_extensions(settings.extensions, due) if settings.extensions else deadlines.Extensions(due)
+    roster = layouts.read_roster(settings.roster) if settings.roster else None
+    batch = layouts.collect(submissions, settings.layout, roster=roster, assignment=assignment)
+    notes += [n for n in batch.notes + batch.duplicates if n]
+    if batch.unknown:
+        notes.append(f"not on the roster (graded anyway): {', '.join(batch.unknown[:10])}"
+                     + (f" and {len(batch.unknown) - 10} more" if len(batch.unknown) > 10 else ""))
+    extra = extensions.unknown([e.student_id for e in batch.entries] + [s.id for s in batch.missing])
+    if extra:
+        notes.append(f"extensions for students with no submission here: {', '.join(extra[:10])}")
+    entries, missing = batch.entries, batch.missing
+    if settings.students:
+        wanted = set(settings.students)
+        known = {e.student_id for e in entries} | {s.id for s in missing}
+        unknown = wanted - known
+        if unknown:
+            raise ValueError(f"no submission for student(s) {', '.join(sorted(unknown))} in {submissions}")
+        entries = [e for e in entries if e.student_id in wanted]
+        missing = [s for s in missing if s.id in wanted]
     out.mkdir(parents=True, exist_ok=True)
     db_url = settings.db_url or course.sqlite_url(out / "gradebook.db")
     source = nbformat.read(sources[assignment], as_version=4)
     template_text = _register_assignment(sources[assignment], db_url)
     template = nbformat.reads(template_text, as_version=4)
     write_course_files(out, assignment, sources[assignment], template_text, db_url)
+    released = layouts.released_notebooks()
     mode = sandbox.resolve_mode(settings.sandbox)
-    folders = intake.scan(submissions)
-    if settings.students:
-        wanted = set(settings.students)
-        unknown = wanted - {f.student_id for f in folders}
-        if unknown:
-            raise ValueError(f"no submission folder for student(s) {', '.join(sorted(unknown))} in {submissions}")
-        folders = [f for f in folders if f.student_id in wanted]
-    counts = intake.census(submissions, folders)
     jobs = []
-    for folder in folders:
-        job = _Job(folder)
-        if folder.problem:
-            job.why = folder.problem
+    for entry in entries:
+        choice = entry.choose(assignment)
+        job = _Job(entry)
+        if choice.ok:
+            job.parts, job.file = choice.parts, choice.reason
+            job.submitted_at = choice.submitted_at.isoformat(timespec="seconds") if choice.submitted_at else ""
+            plain = len(entry.candidates) == 1 and choice.candidate.filename == f"{assignment}.ipynb"
+            job.say_file = not plain or choice.candidate.late
         else:
-            job.parts, job.why = intake.find_notebook(folder, assignment)
+            job.why = choice.reason
         jobs.append(job)
     run_dir = pathlib.Path(tempfile.mkdtemp(prefix="attn-grade-"))
     os.chmod(run_dir, 0o700)
@@ -189,19 +226,41 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     pool = None
     try:
         pool = examiner.ExaminerPool(policy, warm=examiner.plan(source).warm, uids=uids)
-        results = _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings,
-                           out, pool, uids)
+        results = _run_all(jobs, batch.root, batch.census, assignment, source, template, run_dir, policy, settings,
+                           out, pool, uids, released)
     finally:
         if pool is not None:
             pool.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+    total = grade.max_score(source)
+    by_id = {job.student_id: job for job in jobs}
     for r in results:
-        if r.status == "graded" and r.raw_score is None:
-            r.raw_score = r.score
-    gradebook.record(db_url, assignment, results)
+        job = by_id.get(r.student_id)
+        if job is None:
+            continue
+        r.file, r.submitted_at = job.file, job.submitted_at
+        if job.say_file and job.file and r.status == "graded":
+            r.reason = job.file + (f"; {r.reason}" if r.reason else "")
+        if r.status == "graded":
+            when = dt.datetime.fromisoformat(job.submitted_at) if job.submitted_at else None
+            p = late.penalty(r.score, total, when, extensions.due_for(r.student_id))
+            r.raw_score, r.score, r.late_days, r.penalty = p.raw_score, p.score, p.late_days, p.penalty
+            if p.note:
+                r.reason = (r.reason + "; " if r.reason else "") + p.note
+    for student in missing:
+        results.append(grade.Result(student.id, "failed", None, total, "no submission"))
+        if settings.feedback:
+            _write_feedback(results[-1], assignment, source, _feedback_path(out, student.id, assignment))
+    people = {e.student_id: {"first_name": e.name, "email": e.email} for e in batch.entries if e.name or e.email}
+    people.update({s.id: {"first_name": s.name, "email": s.email} for s in (roster.students if roster else [])})
+    gradebook.record(db_url, assignment, results, students=people,
+                     lms={e.student_id: {"layout": batch.layout, "label": e.label, "name": e.name, "email": e.email,
+                                         "lms_id": e.lms_id, "file": (by_id[e.student_id].parts or ("",))[-1]
+                                         if by_id.get(e.student_id) else ""} for e in entries})
     write_csv(out / "grades.csv", gradebook.rows(db_url, assignment))
     if settings.progress:
-        print(summary(results, assignment, mode, time.monotonic() - start), file=sys.stderr)
+        header = [f"layout: {batch.layout}"] + ([f"late policy: {late.describe()}"] if due else []) + notes
+        print(summary(results, assignment, mode, time.monotonic() - start, header), file=sys.stderr)
     return results
 
 
@@ -248,17 +307,20 @@ def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib
 
 
 def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,
-            fb_path, pool_examiner, out=None) -> None:
+            fb_path, pool_examiner, out=None, released=None) -> None:
     """The forked worker: grade one student, write feedback, send plain JSON, exit."""
     close_inherited({0, 1, 2, write_fd, pool_examiner.sock.fileno()})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     started = time.monotonic()
-    sid = job.folder.student_id
+    sid = job.student_id
     try:
         raw = None
         try:
             raw = intake.read_submission_bytes(submissions, job.parts, counts)
             nb = nbs.parse_submission(raw, job.parts[-1])
+            which = layouts.identify(nb, released) if released else None
+            if which is not None and which != assignment:
+                raise nbs.SubmissionError(f"this is {which}, not {assignment}: {job.file or 'the notebook'}")
         except nbs.SubmissionError as e:
             result = grade.Result(sid, "failed", None, grade.max_score(source), str(e))
         else:
@@ -321,7 +383,7 @@ def close_inherited(keep: set[int]) -> None:
 
 
 def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings, out, pool,
-             uids) -> list[grade.Result]:
+             uids, released=None) -> list[grade.Result]:
     from tqdm import tqdm
 
     pending = list(jobs)
@@ -348,7 +410,7 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
         while pending or running:
             while pending and len(running) < max(1, settings.jobs):
                 job = pending.pop(0)
-                sid = job.folder.student_id
+                sid = job.student_id
                 if job.parts is None:
                     results.append(grade.Result(sid, "failed", None, total, job.why))
                     if settings.feedback:
@@ -368,7 +430,7 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
                     try:
                         os.close(read_fd)
                         _worker(write_fd, job, submissions, counts, assignment, source, template, work,
-                                worker_policy, settings.limits, fb, ex, out)
+                                worker_policy, settings.limits, fb, ex, out, released)
                     except BaseException:  # noqa: BLE001
                         code = 1
                     finally:
@@ -429,11 +491,12 @@ def _result_from(w: dict, total: float) -> grade.Result:
     return grade.Result.from_data(w["sid"], data, total)
 
 
-def summary(results: list[grade.Result], assignment: str, mode: str, seconds: float) -> str:
+def summary(results: list[grade.Result], assignment: str, mode: str, seconds: float, notes=()) -> str:
     graded = [r for r in results if r.status == "graded"]
     failed = [r for r in results if r.status != "graded"]
     lines = [f"\n{assignment}: {len(results)} students, {len(graded)} graded, {len(failed)} failed, "
              f"{seconds:.1f} s; sandbox: {sandbox.describe(mode)}"]
+    lines += [f"  {intake.printable(n)}" for n in notes]
     if graded:
         mean = sum(r.score for r in graded) / len(graded)
         full = sum(r.score == r.max_score for r in graded)

@@ -47,6 +47,7 @@ class Row:
     tests: list = field(default_factory=list)  # [grade_id, points, max_points, status, message]
     seconds: float = 0.0
     graded_at: str = ""
+    lms: dict = field(default_factory=dict)  # layout, label, name, email, lms_id, file as handed in
 
 
 def _table():
@@ -65,7 +66,8 @@ def _table():
                  Column("file", Text, default=""),
                  Column("tests", Text, default="[]"),
                  Column("seconds", Float, default=0.0),
-                 Column("graded_at", String(64), default=""))
+                 Column("graded_at", String(64), default=""),
+                 Column("lms", Text, default="{}"))  # layout, label, name, email, lms_id, file as handed in
 
 
 def open_gradebook(db_url: str):
@@ -74,7 +76,19 @@ def open_gradebook(db_url: str):
     gb = Gradebook(db_url, course_id=course.COURSE_ID)
     table = _table()
     table.metadata.create_all(gb.engine)
+    _add_missing_columns(gb.engine, table)
     return gb, table
+
+
+def _add_missing_columns(engine, table) -> None:
+    """A gradebook made by an earlier version of attn-grade gets the columns added since."""
+    from sqlalchemy import inspect, text
+    present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    with engine.begin() as conn:
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _now() -> str:
@@ -102,20 +116,33 @@ def _submission(gb, assignment: str, student_id: str):
         return None
 
 
-def record(db_url: str, assignment: str, results, students: dict | None = None) -> None:
+def _names(info: dict) -> dict:
+    """nbgrader's first_name/last_name/email from a full name and an e-mail."""
+    out = {}
+    full = str(info.get("first_name") or "").strip()
+    if full:
+        first, _, last = full.rpartition(" ")
+        out.update(first_name=first or last, last_name=last if first else "")
+    if info.get("email"):
+        out["email"] = str(info["email"])
+    return out
+
+
+def record(db_url: str, assignment: str, results, students: dict | None = None, lms: dict | None = None) -> None:
     """Merge a run's results (``grade.Result`` with the run's late fields set) into the
-    gradebook. ``students``: id -> {"first_name", "last_name", "email"} from a roster."""
+    gradebook. ``students``: id -> {"first_name" (a full name), "email"} from a roster or the
+    LMS; ``lms``: id -> what the layout knows of the student (kept for export and hand-back)."""
     from nbgrader.api import MissingEntry
 
     students = students or {}
+    lms = lms or {}
     gb, table = open_gradebook(db_url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings
             for r in results:
                 try:
-                    info = {k: v for k, v in students.get(r.student_id, {}).items() if v}
-                    gb.update_or_create_student(r.student_id, **info)
+                    gb.update_or_create_student(r.student_id, **_names(students.get(r.student_id, {})))
                     earlier = _submission(gb, assignment, r.student_id)
                     if r.status != "graded":
                         if earlier is not None:  # keep the grade that stands; say why it was not replaced
@@ -128,7 +155,7 @@ def record(db_url: str, assignment: str, results, students: dict | None = None) 
                                                  "the earlier grade stands")
                             _upsert(gb, table, values)
                         else:
-                            _upsert(gb, table, _values(assignment, r, "failed"))
+                            _upsert(gb, table, _values(assignment, r, "failed", lms.get(r.student_id)))
                         gb.db.commit()
                         continue
                     submission = earlier
@@ -147,7 +174,7 @@ def record(db_url: str, assignment: str, results, students: dict | None = None) 
                                 grade.needs_manual_grade = False
                             elif grade.manual_score is not None:
                                 grade.needs_manual_grade = False
-                    _upsert(gb, table, _values(assignment, r, "graded"))
+                    _upsert(gb, table, _values(assignment, r, "graded", lms.get(r.student_id)))
                     gb.db.commit()
                 except MissingEntry as e:  # the assignment is not in the gradebook: a grader error
                     gb.db.rollback()
@@ -159,13 +186,13 @@ def record(db_url: str, assignment: str, results, students: dict | None = None) 
         gb.close()
 
 
-def _values(assignment: str, r, status: str) -> dict:
+def _values(assignment: str, r, status: str, lms: dict | None = None) -> dict:
     return {"assignment": assignment, "student_id": r.student_id, "status": status,
             "reason": r.reason, "submitted_at": r.submitted_at or "", "late_days": float(r.late_days or 0.0),
             "penalty": float(r.penalty or 0.0), "raw_score": r.raw_score if status == "graded" else None,
             "max_score": float(r.max_score), "file": r.file or "",
             "tests": json.dumps([[t.grade_id, t.points, t.max_points, t.status, t.message] for t in r.tests]),
-            "seconds": float(r.seconds or 0.0), "graded_at": _now()}
+            "seconds": float(r.seconds or 0.0), "graded_at": _now(), "lms": json.dumps(lms or {})}
 
 
 def rows(db_url: str, assignment: str) -> list[Row]:
@@ -197,15 +224,23 @@ def rows(db_url: str, assignment: str) -> list[Row]:
                 out.append(Row(sid, assignment, max(0.0, raw - penalty), float(sub.max_score or max_score), "graded",
                                led.get("reason") or "", led.get("submitted_at") or _iso(sub.timestamp),
                                float(led.get("late_days") or 0.0), penalty, raw, led.get("file") or "", tests,
-                               float(led.get("seconds") or 0.0), led.get("graded_at") or ""))
+                               float(led.get("seconds") or 0.0), led.get("graded_at") or "", _json(led.get("lms"))))
             else:
                 out.append(Row(sid, assignment, None, float(led.get("max_score") or max_score), "failed",
                                led.get("reason") or "", led.get("submitted_at") or "", 0.0, 0.0, None,
                                led.get("file") or "", tests, float(led.get("seconds") or 0.0),
-                               led.get("graded_at") or ""))
+                               led.get("graded_at") or "", _json(led.get("lms"))))
         return out
     finally:
         gb.close()
+
+
+def _json(text) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _iso(timestamp) -> str:

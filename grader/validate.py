@@ -18,32 +18,13 @@ import tempfile
 
 import nbformat
 
-from . import grade, intake, sandbox
+from . import grade, intake, layouts, sandbox
 from . import notebooks as nbs
 
 
 def released_notebooks(folder: pathlib.Path | None = None) -> dict[str, nbformat.NotebookNode]:
     """The released student notebooks, by assignment name (shipped in ``grader/released``)."""
-    if folder is None:
-        folder = pathlib.Path(__file__).resolve().parent / "released"
-    return {p.stem: nbformat.read(p, as_version=4) for p in sorted(pathlib.Path(folder).glob("*.ipynb"))}
-
-
-def identify(nb, released: dict) -> str | None:
-    """Which released assignment ``nb`` is: most shared nbgrader grade ids, then cell ids."""
-    try:
-        from .layouts import identify as by_layouts  # the intake's rule, when present
-        return by_layouts(nb, released)
-    except ImportError:
-        pass
-    gids = {nbs.grade_id(c) for c in nb.cells} - {None}
-    ids = {c.get("id") for c in nb.cells} - {None}
-    best, best_score = None, (0, 0)
-    for name, rel in released.items():
-        score = (len(gids & {nbs.grade_id(c) for c in rel.cells}), len(ids & {c.get("id") for c in rel.cells}))
-        if score > best_score:
-            best, best_score = name, score
-    return best
+    return layouts.released_notebooks(folder)
 
 
 def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mode: str = "auto",
@@ -58,7 +39,7 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
         print(f"cannot validate: {e}", file=out)
         return 2
     released = released_notebooks(notebooks)
-    name = identify(submission, released)
+    name = layouts.identify(submission, released)
     if name is None:
         by_name = intake._normalised(path.stem)
         name = by_name if by_name in released else None
