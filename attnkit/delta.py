@@ -129,14 +129,21 @@ def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         # Gamma_ij = gamma_i / gamma_j for j <= i, 0 above the diagonal (masked before exp)
         decay = torch.exp((cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~lower, float("-inf")))  # (B, H, c, c)
         gamma = torch.exp(cum)  # (B, H, c)
+        carried = start > 0 or initial_state is not None  # otherwise S is still zero: skip its terms
         A = (bc.unsqueeze(-1) * (kc @ kc.transpose(-2, -1)) * decay).masked_fill(~strict, 0.0)  # (B, H, c, c)
-        rhs = bc.unsqueeze(-1) * vc - (bc * gamma).unsqueeze(-1) * (kc @ S.transpose(-2, -1))  # (B, H, c, dv)
+        rhs = bc.unsqueeze(-1) * vc  # (B, H, c, dv)
+        if carried:
+            rhs = rhs - (bc * gamma).unsqueeze(-1) * (kc @ S.transpose(-2, -1))  # what the carried state predicts
         eye = torch.eye(c, dtype=q.dtype, device=q.device)
         U = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)  # (B, H, c, dv)
         scores = (qc @ kc.transpose(-2, -1)) * decay  # (B, H, c, c), zero above the diagonal
-        outs.append(gamma.unsqueeze(-1) * (qc @ S.transpose(-2, -1)) + scores @ U)  # (B, H, c, dv)
+        out = scores @ U  # (B, H, c, dv)
+        if carried:
+            out = out + gamma.unsqueeze(-1) * (qc @ S.transpose(-2, -1))
+        outs.append(out)
         tail = torch.exp(cum[..., -1:] - cum)  # (B, H, c): gamma_c / gamma_j
-        S = gamma[..., -1, None, None] * S + U.transpose(-2, -1) @ (tail.unsqueeze(-1) * kc)  # (B, H, dv, dk)
+        written = U.transpose(-2, -1) @ (tail.unsqueeze(-1) * kc)  # (B, H, dv, dk)
+        S = gamma[..., -1, None, None] * S + written if carried else written
     out = torch.cat(outs, dim=2) if outs else v.new_zeros(B, H, 0, dv)  # (B, H, N, dv)
     return out, S
 
