@@ -11,8 +11,9 @@ value) reaches a test as one of:
   decodes the reply. Arguments cross as plain data; a result that is itself not data comes
   back as another proxy (a ``mask_mod`` returned by a factory, a module instance).
 
-A tensor argument that the learner's function changes in place is changed here too, so a
-checker's "you changed your input" test works as it does in a notebook. An exception the
+A tensor argument that the learner's function changes in place is *not* changed here (a test's
+expected values are computed from its inputs; the learner's code must never rewrite them): the
+call fails with :class:`InputChanged`, the same hint a checker gives in a notebook. An exception the
 learner's code raises arrives with its type name, its message and its cause chain, rebuilt
 as an exception of the same builtin class where there is one (``ValueError``,
 ``NotImplementedError``, ...) and otherwise a :class:`RemoteError` subclass named after it.
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import inspect
-import itertools
 import keyword
 
 import torch
@@ -86,6 +86,14 @@ def remote_exception(error, depth: int = 0) -> BaseException:
     if cause is not None and depth < 8:
         exc.__cause__ = remote_exception(cause, depth + 1)
     return exc
+
+
+INPUT_CHANGED = ("your function changed its input in place; build new tensors instead "
+                 "(e.g. x = x - m rather than x -= m)")
+
+
+class InputChanged(AssertionError):
+    """The learner's function changed a tensor it was given (reported by the kernel)."""
 
 
 class GradingChannelError(RuntimeError):
@@ -205,48 +213,17 @@ def request(op: str, target, args=(), kwargs=None, *, helper: str | None = None,
             raise remote_exception(header.get("error"))
         value = dec.decode(header.get("value"))
         mutated = header.get("mutated") or []
-        if mutated:
-            _write_back(dec, mutated, args, kwargs or {})
     _spy_report(observed)
+    if mutated:
+        # Never copied into the examiner's tensors: a test's expected values are computed from its
+        # inputs, and the learner's code must not be able to rewrite them. A change is a failure.
+        raise InputChanged(INPUT_CHANGED)
     return value
 
 
 def _spy_report(observed) -> None:
     if isinstance(observed, dict):
         _spy.remote_report(observed)
-
-
-def _write_back(dec, mutated, args, kwargs) -> None:
-    """Apply in-place changes the learner's function made to tensor arguments."""
-    for entry in itertools.islice(mutated, 256):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
-            continue
-        path, node = entry
-        target = _at(args, kwargs, path)
-        if not isinstance(target, torch.Tensor):
-            continue
-        new = dec.decode(node)
-        if isinstance(new, torch.Tensor) and new.shape == target.shape and new.dtype == target.dtype:
-            with torch.no_grad():
-                target.copy_(new.to(target.device))
-
-
-def _at(args, kwargs, path):
-    if not path:
-        return None
-    head, rest = path[0], path[1:]
-    if head == "args":
-        obj = args
-    elif head == "kwargs":
-        obj = kwargs
-    else:
-        return None
-    for step in rest[:16]:
-        try:
-            obj = obj[step]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return obj
 
 
 def lookup(names) -> dict:
@@ -260,5 +237,5 @@ def release() -> None:
     if _transport is not None:
         try:
             request("release", None)
-        except Exception:  # noqa: BLE001 - the kernel may be gone; nothing to release then
+        except (GradingChannelError, _wire.WireError, RemoteError):  # the kernel may be gone: nothing to release
             pass

@@ -391,7 +391,8 @@ class Decoder:
                 cls = getattr(cls, part)
         except (ImportError, AttributeError):
             raise WireError(f"{name!r} is not one of attnkit's dataclasses") from None
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                and str(getattr(cls, "__module__", "")).startswith("attnkit.")):
             raise WireError(f"{name!r} is not one of attnkit's dataclasses")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         if not set(fields) <= names:

@@ -13,6 +13,7 @@ feedback page per student.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import json
@@ -35,6 +36,7 @@ CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reas
 EXTRA_COLUMNS = ["submitted_at", "late_days", "penalty", "raw_score"]
 SKIP_DIRS = intake.SKIP_DIRS
 MAX_RESULT = 1 << 20  # bytes a worker's result may have
+WORKER_MEMORY = 6 << 30  # address space of one worker (the grader's side of one student): a flood costs its own row
 
 
 @dataclass
@@ -112,6 +114,20 @@ def write_submitted(out: pathlib.Path, student_id: str, assignment: str, raw: by
         stamp.unlink()
 
 
+_INERT = ("text/plain", "image/png", "image/jpeg", "image/gif")
+
+
+def _inert(out: dict) -> dict:
+    """An output formgrader can render without running anything the student wrote: text and
+    raster images only (HTML, JavaScript, SVG, widgets dropped)."""
+    out = dict(out)
+    if out.get("output_type") in ("display_data", "execute_result"):
+        data = {k: v for k, v in dict(out.get("data", {})).items() if k in _INERT}
+        out["data"] = data or {"text/plain": "[output not shown here: see the feedback page]"}
+        out["metadata"] = {}
+    return out
+
+
 def write_autograded(out: pathlib.Path, student_id: str, assignment: str, source, result) -> None:
     """``autograded/<student>/<assignment>/<assignment>.ipynb``: the notebook as graded, with
     its outputs and each test's score in the cell's nbgrader metadata (what formgrader opens)."""
@@ -120,11 +136,15 @@ def write_autograded(out: pathlib.Path, student_id: str, assignment: str, source
     points = {t.grade_id: t for t in result.tests}
     cells = []
     for cell in result.cells:
-        cell = nbformat.from_dict(dict(cell))
+        cell = nbformat.from_dict(copy.deepcopy(dict(cell)))
         meta = cell.get("metadata", {}).get("nbgrader")
         if isinstance(meta, dict) and meta.get("grade_id") in points:
             t = points[meta["grade_id"]]
             meta["score"], meta["attn_grade_status"] = t.points, t.status
+        if nbs.is_test(cell):  # nbgrader's own feedback is made from these: no hidden test in them
+            cell.source = nbs.strip_hidden(cell.source).rstrip() + "\n# (hidden tests not shown)"
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.from_dict(_inert(o)) for o in cell.get("outputs", [])]
         cells.append(cell)
     nb = nbformat.v4.new_notebook(cells=cells, metadata=dict(source.metadata))
     nb.metadata["attn_grade"] = {"score": result.score, "max_score": result.max_score, "status": result.status,
@@ -311,6 +331,7 @@ def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, t
     """The forked worker: grade one student, write feedback, send plain JSON, exit."""
     close_inherited({0, 1, 2, write_fd, pool_examiner.sock.fileno()})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    limit_memory(WORKER_MEMORY)
     started = time.monotonic()
     sid = job.student_id
     try:
@@ -359,6 +380,9 @@ class _OneExaminer:
     def examiner(self) -> examiner.Examiner:
         return self.ex
 
+    def release(self, uid) -> None:
+        pass  # the parent gives the examiner's uid back when this worker has ended
+
     def close(self) -> None:
         self.ex.close()
 
@@ -368,6 +392,14 @@ def _open_fds() -> list[int]:
         return [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return list(range(3, 1024))
+
+
+def limit_memory(nbytes: int) -> None:
+    """A soft address-space limit for this worker (its kernel sets its own, lower one)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or hard > nbytes:
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, hard))
 
 
 def close_inherited(keep: set[int]) -> None:
@@ -403,6 +435,8 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
             pass
         if w.get("uid") is not None:
             uids.release(w["uid"])
+        pool.release(w.get("examiner_uid"))
+        sandbox.remove_cgroups(f"attn-grade-{w['pid']}-")  # a killed worker's kernel left them behind
         shutil.rmtree(w["work"], ignore_errors=True)
         bar.update()
 
@@ -417,11 +451,21 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
                         _write_feedback(results[-1], assignment, source, _feedback_path(out, sid, assignment))
                     bar.update()
                     continue
+                try:
+                    ex = pool.examiner()
+                except examiner.ExaminerGone:  # the zygote died: start another once, else this row fails
+                    try:
+                        pool.restart()
+                        ex = pool.examiner()
+                    except (examiner.ExaminerGone, OSError) as e:
+                        results.append(grade.Result(sid, "failed", None, total,
+                                                    f"grader error: the examiner could not start ({e})"))
+                        bar.update()
+                        continue
                 serial += 1
                 work = sandbox.private_dir(run_dir, f"s{serial}")
                 uid = uids.acquire() if uids is not None else None
                 worker_policy = sandbox.Policy(**{**policy.__dict__, "uid": uid})
-                ex = pool.examiner()
                 read_fd, write_fd = os.pipe()
                 fb = _feedback_path(out, sid, assignment) if settings.feedback else None
                 pid = os.fork()
@@ -436,9 +480,9 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
                     finally:
                         os._exit(code)
                 os.close(write_fd)
-                ex.close()
+                ex.close()  # the parent's copy; the examiner's uid is given back when the worker ends
                 running[read_fd] = {"pid": pid, "sid": sid, "started": time.monotonic(), "data": bytearray(),
-                                    "uid": uid, "work": work}
+                                    "uid": uid, "work": work, "examiner_uid": ex.uid}
             if not running:
                 continue
             ready, _, _ = select.select(list(running), [], [], 1.0)

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import weakref
 
 MAX_HEADER = 64 << 20
+_BROKEN: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()  # sockets a bad frame put out of step
 MAX_BUFFERS = 100_000
 MAX_BYTES = (1 << 30) + (64 << 20)
 
 
 class ChannelError(Exception):
-    """A frame that is malformed or too large."""
+    """A frame that is malformed or too large. The stream is then out of step (the rest of the
+    frame is still unread): the only safe thing is to close the socket and never read it again,
+    which :func:`recv` does itself."""
 
 
 def _dumps(header: dict) -> bytes:
@@ -47,7 +51,39 @@ def _exactly(sock: socket.socket, n: int) -> bytearray:
 
 
 def recv(sock: socket.socket) -> tuple[dict, list]:
-    """One frame: ``(header, buffers)``. EOFError when the peer closed the channel."""
+    """One frame: ``(header, buffers)``. EOFError when the peer closed the channel; on a bad
+    frame, ChannelError with the socket already shut down (no later read can land mid-frame)."""
+    if sock in _BROKEN:
+        raise ChannelError("this channel broke earlier and is never read again")
+    try:
+        return _recv(sock)
+    except ChannelError:
+        _BROKEN.add(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise
+
+
+def check(header: dict, buffers) -> str:
+    """Why ``(header, buffers)`` must not be sent on (too many buffers, too many bytes, a header
+    too large), or ""."""
+    if len(buffers) > MAX_BUFFERS:
+        return f"{len(buffers)} buffers in one message (limit {MAX_BUFFERS})"
+    total = sum(memoryview(b).nbytes for b in buffers)
+    if total > MAX_BYTES:
+        return f"{total} bytes in one message (limit {MAX_BYTES})"
+    try:
+        size = len(_dumps(header))
+    except (TypeError, ValueError) as e:
+        return f"a header that is not strict JSON ({e})"
+    if size > MAX_HEADER:
+        return f"a header of {size} bytes (limit {MAX_HEADER})"
+    return ""
+
+
+def _recv(sock: socket.socket) -> tuple[dict, list]:
     (size,) = struct.unpack(">Q", _exactly(sock, 8))
     if size > MAX_HEADER:
         raise ChannelError(f"a header of {size} bytes (limit {MAX_HEADER})")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import builtins
 import io
 import os
@@ -212,18 +213,32 @@ class CellTimeout(BaseException):
     """The examiner's own time limit for a test cell (a BaseException: tests cannot swallow it)."""
 
 
+class ChannelBroken(BaseException):
+    """The worker's channel failed (closed, or a frame out of step): this examiner must stop.
+    A BaseException, so no test's ``except Exception`` can swallow it and carry on reading."""
+
+
 class _Transport:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.rid = 0
+        self.broken = False
 
     def request(self, header: dict, buffers: list):
+        if self.broken:
+            raise ChannelBroken("the channel to the worker is closed")
         self.rid += 1
-        channel.send(self.sock, {"op": "kernel", "rid": self.rid, "request": header}, buffers)
-        while True:
-            reply, data = channel.recv(self.sock)
-            if reply.get("op") == "reply" and reply.get("rid") == self.rid:
-                return reply.get("reply"), data
+        try:
+            channel.send(self.sock, {"op": "kernel", "rid": self.rid, "request": header}, buffers)
+            while True:
+                reply, data = channel.recv(self.sock)
+                if reply.get("op") == "reply" and reply.get("rid") == self.rid:
+                    return reply.get("reply"), data
+                if reply.get("op") != "reply":  # the worker never interleaves: the stream is not ours
+                    raise channel.ChannelError(f"unexpected {reply.get('op')!r} during a request")
+        except (EOFError, OSError, channel.ChannelError) as e:
+            self.broken = True
+            raise ChannelBroken(f"{type(e).__name__}: {e}") from None
 
 
 def _hidden_lines(source: str) -> set[int]:
@@ -316,6 +331,8 @@ class Session:
             wanted = self._names_to_fetch(source)
             if wanted:
                 values = _remote.lookup(wanted)
+                # only what was asked for, never a dunder, a builtin or a trusted name: the reply is the kernel's
+                values = {k: v for k, v in values.items() if k in wanted and not k.startswith("__")}
                 self.ns.update(values)
                 self.fetched = dict(values)
             with _harness.partial_credit() as reports:
@@ -326,6 +343,8 @@ class Session:
                     passed, total = sum(r[1] for r in reports), sum(r[2] for r in reports)
                     fraction = passed / total if total else 0.0
                     raise
+        except ChannelBroken:
+            raise
         except CellTimeout:
             status, ename, evalue = "timeout", "TimeoutError", f"the test ran past its {seconds:.0f} s limit"
         except BaseException as e:  # noqa: BLE001 - the test's verdict
@@ -350,12 +369,14 @@ class Session:
 
 
 def serve(sock: socket.socket) -> None:
-    """The examiner's loop: answer the worker until it closes the socket."""
+    """The examiner's loop: answer the worker until it closes the socket. Any broken frame ends
+    it: a stream out of step is never read again."""
     from attnkit import _remote
 
-    _remote.set_transport(_Transport(sock))
+    transport = _Transport(sock)
+    _remote.set_transport(transport)
     session = Session()
-    while True:
+    while not transport.broken:
         try:
             header, _ = channel.recv(sock)
         except (EOFError, OSError, channel.ChannelError):
@@ -365,25 +386,38 @@ def serve(sock: socket.socket) -> None:
             problems = session.setup(header.get("prelude", []), header.get("trusted", []), header.get("exercises", []))
             channel.send(sock, {"op": "ready", "problems": problems})
         elif op == "run":
-            channel.send(sock, session.run(str(header.get("name", "?")), str(header.get("source", "")),
-                                           float(header.get("seconds", 60.0))))
-        elif op == "reply":
-            continue  # a late reply to a request the examiner gave up on
+            try:
+                done = session.run(str(header.get("name", "?")), str(header.get("source", "")),
+                                   float(header.get("seconds", 60.0)))
+            except ChannelBroken:
+                return
+            channel.send(sock, done)
         else:
             channel.send(sock, {"op": "error", "message": f"unknown request {op!r}"})
 
 
-def _harden(memory_bytes: int) -> None:
+def _prctl(option: int, value: int) -> None:
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _harden(memory_bytes: int, uid: int | None = None) -> None:
+    """An examiner's own limits: its uid (when the zygote may set one), no core dumps, no
+    ptrace by other processes, no privileges regained through exec."""
     import resource
 
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # from root: every capability goes with it
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS
+    _prctl(4, 0)  # PR_SET_DUMPABLE: no other process of this uid may attach
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:  # no other process of this uid may attach to an examiner
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except (OSError, AttributeError):
-        pass
 
 
 def _warm(statements: list[str]) -> None:
@@ -401,35 +435,37 @@ def _warm(statements: list[str]) -> None:
             pass
 
 
-def zygote(control: socket.socket, memory_bytes: int) -> None:
-    """Fork one examiner per socket received on ``control`` (SCM_RIGHTS), until it closes."""
+def zygote(control: socket.socket, memory_bytes: int, warm: list[str]) -> None:
+    """Fork one examiner per message on ``control`` (a SOCK_SEQPACKET socket: one message, one
+    socket passed with SCM_RIGHTS and the uid the examiner takes), until it closes. The zygote
+    reads nothing else and never handles a student's data."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
-    try:
-        header, _ = channel.recv(control)
-    except (EOFError, channel.ChannelError):
-        return
-    _warm([str(s) for s in header.get("warm", [])])
-    channel.send(control, {"op": "warm"})
+    _prctl(4, 0)  # PR_SET_DUMPABLE: nothing may attach to the zygote
+    _warm(warm)
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(control, 64, 4)
+            message, fds, _, _ = socket.recv_fds(control, 256, 1)
         except OSError:
             return
-        if not message:
+        if not message or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            return
-        for fd in fds:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    control.close()
-                    _harden(memory_bytes)
-                    serve(socket.socket(fileno=fd))
-                finally:
-                    os._exit(0)
-            os.close(fd)
+            if not message:
+                return
+            continue
+        fields = message.decode("ascii", "replace").split()
+        uid = int(fields[1]) if len(fields) == 2 and fields[0] == "spawn" and fields[1].isdigit() else None
+        fd = fds[0]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                control.close()
+                _harden(memory_bytes, uid)
+                serve(socket.socket(fileno=fd))
+            finally:
+                os._exit(0)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------- the grader's side
@@ -442,6 +478,8 @@ class Examiner:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.uid = None
+        self.pool = None
 
     def _recv(self, timeout: float) -> tuple[dict, list]:
         self.sock.settimeout(timeout)
@@ -480,11 +518,13 @@ class Examiner:
             if op != "kernel" or not isinstance(header.get("request"), dict):
                 raise ExaminerGone(f"unexpected message {op!r}")
             reply, data = relay(header["request"], buffers)
+            message = {"op": "reply", "rid": header.get("rid"), "reply": reply}
+            problem = channel.check(message, data) if isinstance(reply, dict) else "a reply that is not an object"
+            if problem:  # never forward what the examiner could not read in one piece
+                message, data = {"op": "reply", "rid": header.get("rid"),
+                                 "reply": {"channel_error": f"a malformed reply from your kernel: {problem}"}}, []
             try:
-                channel.send(self.sock, {"op": "reply", "rid": header.get("rid"), "reply": reply}, data)
-            except ValueError:  # the kernel's reply is not strict JSON: it carries no verdict anyway
-                channel.send(self.sock, {"op": "reply", "rid": header.get("rid"),
-                                         "reply": {"channel_error": "a malformed reply from your kernel"}})
+                channel.send(self.sock, message, data)
             except OSError as e:
                 raise ExaminerGone(str(e)) from None
 
@@ -503,36 +543,54 @@ class ExaminerPool:
 
         from . import sandbox
 
-        self.uids = uids
-        self.uid = None
-        if policy.mode == "bwrap" and os.geteuid() == 0:
-            self.uids = uids or sandbox.UidPool()
-            self.uid = self.uids.acquire()
+        self._start_args = (policy, list(warm), memory_bytes)
+        # As root under bubblewrap the zygote keeps only the right to change uid, and every
+        # examiner it forks takes a uid of its own from the pool: examiners cannot signal or
+        # attach to one another, nor to the zygote.
+        self.separate = policy.mode == "bwrap" and os.geteuid() == 0
+        self.uids = (uids or sandbox.UidPool()) if self.separate else None
+        self.held: dict[int, int] = {}  # examiner fd -> uid
         zpolicy = sandbox.Policy(mode=policy.mode, memory_bytes=max(memory_bytes, policy.memory_bytes),
                                  max_file_bytes=policy.max_file_bytes, max_open_files=1024, max_processes=1024,
-                                 tmp_bytes=policy.tmp_bytes, shm_bytes=policy.shm_bytes, uid=self.uid)
-        self.control, theirs = socket.socketpair()
+                                 tmp_bytes=policy.tmp_bytes, shm_bytes=policy.shm_bytes, uid=None,
+                                 keep_setuid=self.separate)
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_parent = str(pathlib.Path(__file__).resolve().parents[1])
         cmd = sandbox.wrap([sys.executable, "-m", "grader.examiner", "zygote", "--fd", str(theirs.fileno()),
-                            "--memory-bytes", str(zpolicy.memory_bytes)],
+                            "--memory-bytes", str(zpolicy.memory_bytes), "--warm", json.dumps(list(warm))],
                            zpolicy, workspace=False, with_grader=True)
         env = sandbox.environment("/tmp", {"PYTHONPATH": package_parent, "MPLBACKEND": "Agg"})
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd="/" if policy.mode == "bwrap" else None, start_new_session=True)
         theirs.close()
-        channel.send(self.control, {"op": "warm", "warm": list(warm)})
 
     def examiner(self) -> Examiner:
+        uid = self.uids.acquire() if self.separate else None
         ours, theirs = socket.socketpair()
         try:
-            socket.send_fds(self.control, [b"spawn"], [theirs.fileno()])
+            socket.send_fds(self.control, [b"spawn" if uid is None else f"spawn {uid}".encode()], [theirs.fileno()])
         except OSError as e:
             ours.close()
+            if uid is not None:
+                self.uids.release(uid)
             raise ExaminerGone(f"the examiner zygote is gone ({e})") from None
         finally:
             theirs.close()
-        return Examiner(ours)
+        ex = Examiner(ours)
+        ex.uid, ex.pool = uid, self
+        return ex
+
+    def restart(self) -> None:
+        """A new zygote after the old one died (the uids handed out stay with their examiners)."""
+        self.close()
+        policy, warm, memory_bytes = self._start_args
+        self.__init__(policy, warm, self.uids, memory_bytes)
+
+    def release(self, uid) -> None:
+        """The examiner that had ``uid`` is done (its worker ended): the uid may be reused."""
+        if uid is not None and self.uids is not None:
+            self.uids.release(uid)
 
     def close(self) -> None:
         try:
@@ -544,9 +602,7 @@ class ExaminerPool:
         except Exception:  # noqa: BLE001
             self.proc.kill()
             self.proc.wait(timeout=5)
-        if self.uid is not None and self.uids is not None:
-            self.uids.release(self.uid)
-            self.uid = None
+
 
 
 def main(argv=None) -> int:
@@ -554,11 +610,12 @@ def main(argv=None) -> int:
     parser.add_argument("mode", choices=("zygote", "serve"))
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--memory-bytes", type=int, default=0)
+    parser.add_argument("--warm", default="[]", help="JSON list of import statements to run before forking")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     sock = socket.socket(fileno=args.fd)
     if args.mode == "zygote":
-        zygote(sock, args.memory_bytes)
+        zygote(sock, args.memory_bytes, [str(w) for w in json.loads(args.warm)])
     else:
         _harden(args.memory_bytes)
         serve(sock)

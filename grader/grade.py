@@ -261,6 +261,7 @@ def _run(student_id, built, source, work, policy, limits, start, pool) -> Result
     finally:
         if ex is not None:
             ex.close()
+            pool.release(ex.uid)
         k.shutdown()
 
 

@@ -36,7 +36,8 @@ from jupyter_client import KernelManager
 from . import sandbox
 
 MAX_CAPTURE = 2 * 2**20  # bytes of output kept per cell; the rest is dropped and counted
-MAX_MESSAGE = 1 << 30  # a kernel message larger than this ends the connection (ZMQ_MAXMSGSIZE)
+MAX_MESSAGE = 32 << 20  # a kernel message part larger than this ends the connection (ZMQ_MAXMSGSIZE)
+QUEUED_MESSAGES = 16  # messages the grader queues from a kernel (ZMQ_RCVHWM): the rest wait or are dropped
 AGENT_TARGET = "attn-grade"
 
 
@@ -105,7 +106,9 @@ class Kernel:
             os.chown(self.sock_dir, 0, self.policy.uid)
             os.chmod(self.sock_dir, 0o770)
         self.context = zmq.Context()
+        # bounded, whatever the kernel sends: one message at most MAX_MESSAGE, a few queued
         self.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.context.setsockopt(zmq.RCVHWM, QUEUED_MESSAGES)
         km = _SandboxedKernelManager(transport="ipc", ip=str(self.sock_dir / "k"),
                                      connection_file=str(self.base / "connection.json"), context=self.context)
         km.attn_kernel = self
@@ -133,7 +136,7 @@ class Kernel:
             os.mkdir(home, 0o700)
         km.start_kernel(env=sandbox.environment(home, self.extra_env), stdout=subprocess.DEVNULL,
                         stderr=self._log_fd, cwd=home if self.policy.mode != "bwrap" else None)
-        kc = km.client()
+        kc = km.client(context=self.context)  # the bounded context, not zmq's global one
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=self.startup_timeout)

@@ -103,6 +103,7 @@ class Policy:
     tmp_bytes: int = 256 * 2**20
     shm_bytes: int = 256 * 2**20
     uid: int | None = None  # the kernel's uid when the grader is root (from a UidPool)
+    keep_setuid: bool = False  # root in the sandbox with only CAP_SETUID/SETGID (the examiner zygote)
     extra_ro: list[pathlib.Path] = field(default_factory=list)  # more read-only paths (the examiner's grader package)
 
 
@@ -189,10 +190,13 @@ def _cgroup_dirs() -> list[pathlib.Path]:
             if {"pids", "memory"} <= set(enabled) and os.access(base, os.W_OK):
                 dirs.append(base)
         else:
-            for c in controllers.split(","):
-                if c in ("pids", "memory"):
-                    base = root / c / path.lstrip("/")
-                    if base.is_dir() and os.access(base, os.W_OK):
+            names = controllers.split(",")
+            for c in ("pids", "memory", "cpu"):
+                if c in names:
+                    base = root / controllers / path.lstrip("/")
+                    if not base.is_dir():
+                        base = root / c / path.lstrip("/")
+                    if base.is_dir() and os.access(base, os.W_OK) and base not in dirs:
                         dirs.append(base)
     return dirs
 
@@ -203,7 +207,9 @@ def cgroups_available() -> bool:
 
 
 class Cgroup:
-    """One kernel's cgroups (pids and memory), created by root, never writable by the kernel."""
+    """One kernel's cgroups (pids, memory and, where there is one, cpu), created by root, never
+    writable by the kernel. In a cpu cgroup of its own a kernel has one small weight under
+    contention, however many processes it starts."""
 
     def __init__(self, dirs: list[pathlib.Path]):
         self.dirs = dirs
@@ -220,8 +226,11 @@ class Cgroup:
             except OSError:
                 continue
             made.append(d)
+            # cpu: a quarter of a normal process's weight under contention (a kernel uses idle CPU
+            # freely; however many processes it starts, the grader's own and the host's come first)
             for fname, value in (("pids.max", max_pids), ("memory.max", memory_bytes),
-                                 ("memory.limit_in_bytes", memory_bytes), ("memory.swap.max", 0)):
+                                 ("memory.limit_in_bytes", memory_bytes), ("memory.swap.max", 0),
+                                 ("cpu.shares", 256), ("cpu.weight", 25)):
                 try:
                     (d / fname).write_text(str(value))
                 except OSError:
@@ -252,6 +261,61 @@ class Cgroup:
                     time.sleep(0.05)
 
 
+# seccomp: the per-uid keyrings outlive a kernel (a uid is reused by the next student), so a
+# kernel may not touch them: add_key, request_key and keyctl fail with EPERM.
+_KEY_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
+
+
+def seccomp_program() -> bytes | None:
+    """The BPF filter bubblewrap installs with ``--seccomp`` (None on an architecture not known here)."""
+    import platform
+    import struct
+    arch = _KEY_SYSCALLS.get(platform.machine())
+    if arch is None:
+        return None
+    audit_arch, numbers = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    checks = [(jge, 0x40000000)] if platform.machine() == "x86_64" else []  # x32 calls: refused
+    checks += [(jeq, n) for n in numbers]
+    prog = [(ld, 0, 0, 4), (jeq, 0, 1 + len(checks), audit_arch), (ld, 0, 0, 0)]
+    for i, (op, k) in enumerate(checks):
+        prog.append((op, len(checks) - i, 0, k))  # jump to the last instruction: deny
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+@functools.lru_cache(maxsize=None)
+def seccomp_file() -> pathlib.Path | None:
+    """:func:`seccomp_program` in a file only this process's user can read (one per process)."""
+    program = seccomp_program()
+    if program is None:
+        return None
+    import atexit
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="attn-seccomp-"))
+    path = folder / "filter.bpf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(program)
+    pid = os.getpid()
+    atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
+    return path
+
+
+def seccomp_launcher(path: pathlib.Path) -> list[str]:
+    """A prefix that opens the filter file on fd 9 for bubblewrap's ``--seccomp 9``."""
+    return ["/bin/sh", "-c", 'exec 9<"$1" || exit 111; shift; exec "$@"', "attn-seccomp", str(path)]
+
+
+def remove_cgroups(prefix: str) -> None:
+    """Remove this host's ``prefix*`` cgroups (a kernel whose worker was killed leaves them)."""
+    if not cgroups_available():
+        return
+    for parent in _cgroup_dirs():
+        for d in parent.glob(prefix + "*"):
+            Cgroup([d]).remove()
+
+
 # ---------------------------------------------------------------------- bubblewrap
 def python_paths(with_grader: bool = False) -> list[pathlib.Path]:
     """Folders the interpreter and the packages it imports live in (the course package alone,
@@ -266,6 +330,10 @@ def python_paths(with_grader: bool = False) -> list[pathlib.Path]:
         if spec is not None and spec.origin:
             paths.add(str(pathlib.Path(spec.origin).resolve().parent))
     return sorted({pathlib.Path(p).resolve() for p in paths if p and os.path.isdir(p)}, key=lambda p: len(p.parts))
+
+
+def _under(path: pathlib.Path, root: pathlib.Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _system_binds() -> list[str]:
@@ -314,11 +382,13 @@ def bwrap_args(policy: Policy, binds: list[tuple[str, pathlib.Path, str]], works
                 args.extend(["--perms", "0755", "--dir", str(parent)])
                 made.add(parent)
 
+    bound: list[pathlib.Path] = []
     for path in python_paths(with_grader) + [pathlib.Path(p).resolve() for p in policy.extra_ro]:
-        if str(path).startswith("/usr/"):
+        if str(path).startswith("/usr/") or any(_under(path, b) for b in bound):
             continue  # already there
         chain(path)
         args += ["--ro-bind", str(path), str(path)]
+        bound.append(path)
     for flag, path, inside in binds:
         chain(pathlib.Path(inside))
         args += [flag, str(path), str(inside)]
@@ -328,7 +398,9 @@ def bwrap_args(policy: Policy, binds: list[tuple[str, pathlib.Path, str]], works
                  "--chdir", WORKSPACE]
     else:
         args += ["--chdir", "/tmp"]
-    if os.geteuid() == 0 and policy.uid is not None:
+    if os.geteuid() == 0 and policy.keep_setuid:
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    elif os.geteuid() == 0 and policy.uid is not None:
         # keep only what setpriv needs to drop to the kernel's uid; it clears them when it does
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
                  shutil.which("setpriv") or "setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}",
@@ -349,11 +421,17 @@ def prlimit_args(policy: Policy) -> list[str]:
 
 
 def wrap(cmd: list[str], policy: Policy, binds: list[tuple[str, pathlib.Path, str]] = (), workspace: bool = True,
-         cgroup: Cgroup | None = None, with_grader: bool = False) -> list[str]:
-    """``cmd`` wrapped in the policy's cgroup, rlimits and sandbox."""
+         cgroup: Cgroup | None = None, with_grader: bool = False, seccomp: pathlib.Path | None = None) -> list[str]:
+    """``cmd`` wrapped in the policy's cgroup, rlimits and sandbox; ``seccomp``: a file holding
+    :func:`seccomp_program` (installed by bubblewrap; default: this process's own copy)."""
     outer = (cgroup.launcher() if cgroup is not None else []) + prlimit_args(policy)
     if policy.mode == "bwrap":
-        return outer + bwrap_args(policy, list(binds), workspace, with_grader) + cmd
+        inner = bwrap_args(policy, list(binds), workspace, with_grader)
+        seccomp = seccomp if seccomp is not None else seccomp_file()
+        if seccomp is not None:
+            outer = seccomp_launcher(seccomp) + outer
+            inner = inner[:1] + ["--seccomp", "9"] + inner[1:]
+        return outer + inner + cmd
     return outer + cmd
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .._remote import InputChanged
 from .._spy import Ban, KwargTrue, Spy, paused  # noqa: F401 - re-exported for the checkers
 
 TOLERANCE = {
@@ -130,6 +131,8 @@ class Checker:
         except NotImplementedError:
             raise AssertionError(f"{self.name}: not implemented yet. Replace the "
                                  f"`raise NotImplementedError` in your function with your code.") from None
+        except InputChanged as e:  # the grader's kernel saw the learner's function change its input
+            self.fail(case, str(e))
         except AssertionError:
             raise
         except Exception as e:  # the learner's bug; keep the traceback chained for them
