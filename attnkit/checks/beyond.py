@@ -114,12 +114,13 @@ def check_gated_delta_rule(fn) -> str:
         ("40 tokens with an initial_state, dk=8, dv=6", (1, 2, 40, 8, 6), dict(state=True), True),
     ]
     for label, (B, H, N, dk, dv), options, pass_state in cases:
-        q, k, v, beta, gate, S0 = _inputs(g, B, H, N, dk, dv, **options)
-        dtype = options.get("dtype", torch.float32)
-        got = c.call(label, q, k, v, beta, gate, *((S0,) if pass_state else ()),
-                     if_raises="S is (B, H, dv, dk) and k_t = k[:, :, t] is (B, H, dk): S k_t is "
-                               "torch.einsum('bhvk,bhk->bhv', S, k_t), or (S @ k_t.unsqueeze(-1)).squeeze(-1)")
-        _compare(c, label, got, (q, k, v, beta, gate), S0, dtype=dtype)
+        with c.case(label):
+            q, k, v, beta, gate, S0 = _inputs(g, B, H, N, dk, dv, **options)
+            dtype = options.get("dtype", torch.float32)
+            got = c.call(label, q, k, v, beta, gate, *((S0,) if pass_state else ()),
+                         if_raises="S is (B, H, dv, dk) and k_t = k[:, :, t] is (B, H, dk): S k_t is "
+                                   "torch.einsum('bhvk,bhk->bhv', S, k_t), or (S @ k_t.unsqueeze(-1)).squeeze(-1)")
+            _compare(c, label, got, (q, k, v, beta, gate), S0, dtype=dtype)
     return c.passed("gates of 0, initial states, square and rectangular states, unnormalised keys, float64")
 
 
@@ -182,32 +183,33 @@ def check_gated_delta_rule_chunked(fn) -> str:
         ("dk = dv = 6, 50 tokens in chunks of 16, initial_state", (1, 2, 50, 6, 6), 16, dict(state=True), True),
     ]
     for label, (B, H, N, dk, dv), C, options, pass_state in cases:
-        q, k, v, beta, gate, S0 = _inputs(g, B, H, N, dk, dv, **options)
-        dtype = options.get("dtype", torch.float32)
-        got = c.call(label, q, k, v, beta, gate, S0 if pass_state else None, C)
-        a = (q, k, v, beta, gate, S0, C)
-        mistakes = [
-            (dict(solve=False), "the corrections inside a chunk are missing: each u_i depends on the u_j written "
-                                "before it, so solve (I + A) U = diag(beta) V - diag(beta gamma) K S0^T"),
-            (dict(decay="inverted"), "the decay inside a chunk is inverted: token i sees token j's write faded by "
-                                     "gamma_i / gamma_j (the gates after j, up to i)"),
-            (dict(a_diag=True), "A is strictly lower triangular (j < i): token i's own key is not part of its "
-                                "prediction"),
-            (dict(o_diag=False), "the output of token i must include its own write: keep the diagonal of "
-                                 "(Q K^T) * Gamma"),
-            (dict(carry_in_u=False), "the corrections ignore the state carried in from earlier chunks: subtract "
-                                     "beta_i gamma_i S0 k_i"),
-            (dict(carry_in_out=False), "the state carried from earlier chunks is missing from the outputs: add "
-                                       "gamma_i S0 q_i"),
-            (dict(fade_state=False), "the carried state must fade across the chunk: S = gamma_C S0 + ..."),
-            (dict(tail=False), "when carrying the state, weight each u_j k_j^T by gamma_C / gamma_j (what is left "
-                               "of it at the end of the chunk)"),
-        ]
-        extra_out = [(_chunked(*a, **kw)[0], hint) for kw, hint in mistakes]
-        extra_state = [(_chunked(*a, **kw)[1], hint) for kw, hint in mistakes]
-        if N % C and N > C:
-            extra_out.append((_chunked(*a, drop_tail=True)[0], "the last, shorter chunk is missing: N need not be a "
-                              "multiple of chunk_size"))
-        _compare(c, label, got, (q, k, v, beta, gate), S0, dtype=dtype, tol=tol[dtype],
-                 extra_out=extra_out, extra_state=extra_state)
+        with c.case(label):
+            q, k, v, beta, gate, S0 = _inputs(g, B, H, N, dk, dv, **options)
+            dtype = options.get("dtype", torch.float32)
+            got = c.call(label, q, k, v, beta, gate, S0 if pass_state else None, C)
+            a = (q, k, v, beta, gate, S0, C)
+            mistakes = [
+                (dict(solve=False), "the corrections inside a chunk are missing: each u_i depends on the u_j written "
+                                    "before it, so solve (I + A) U = diag(beta) V - diag(beta gamma) K S0^T"),
+                (dict(decay="inverted"), "the decay inside a chunk is inverted: token i sees token j's write faded by "
+                                         "gamma_i / gamma_j (the gates after j, up to i)"),
+                (dict(a_diag=True), "A is strictly lower triangular (j < i): token i's own key is not part of its "
+                                    "prediction"),
+                (dict(o_diag=False), "the output of token i must include its own write: keep the diagonal of "
+                                     "(Q K^T) * Gamma"),
+                (dict(carry_in_u=False), "the corrections ignore the state carried in from earlier chunks: subtract "
+                                         "beta_i gamma_i S0 k_i"),
+                (dict(carry_in_out=False), "the state carried from earlier chunks is missing from the outputs: add "
+                                           "gamma_i S0 q_i"),
+                (dict(fade_state=False), "the carried state must fade across the chunk: S = gamma_C S0 + ..."),
+                (dict(tail=False), "when carrying the state, weight each u_j k_j^T by gamma_C / gamma_j (what is left "
+                                   "of it at the end of the chunk)"),
+            ]
+            extra_out = [(_chunked(*a, **kw)[0], hint) for kw, hint in mistakes]
+            extra_state = [(_chunked(*a, **kw)[1], hint) for kw, hint in mistakes]
+            if N % C and N > C:
+                extra_out.append((_chunked(*a, drop_tail=True)[0], "the last, shorter chunk is missing: N need not be a "
+                                  "multiple of chunk_size"))
+            _compare(c, label, got, (q, k, v, beta, gate), S0, dtype=dtype, tol=tol[dtype],
+                     extra_out=extra_out, extra_state=extra_state)
     return c.passed("uneven last chunks, chunks of 1 and longer than the sequence, carried states, zero gates")

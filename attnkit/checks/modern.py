@@ -107,38 +107,39 @@ def check_paged_attention(fn) -> str:
         ("odd sizes: page_size 3, d=5, dv=3", 3, 2, 2, 3, 5, 3, [4, 2, 9], 12, False),
     ]
     for label, B, H, Hkv, ps, d, dv, lens, P, shared in cases:
-        q, kp, vp, table, seq_lens = _paged_case(g, B, H, Hkv, ps, d, dv, lens, P, shared)
-        got = c.call(label, q, kp, vp, table, seq_lens)
-        want = paging.paged_attention(q.double(), kp.double(), vp.double(), table, seq_lens)
-        if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got).any():
-            c.fail(label, "NaN in the output: a sequence with seq_lens = 0 has no key, so it must get zeros "
-                          "(guard the max and the division by a zero sum)" if 0 in lens else
-                          "NaN in the output where a number was expected")
-        args = (q, kp, vp, table, seq_lens)
-        wrong = [
-            (_paged(*args, tables="identity"), "the pages were read in the order of the pool: logical page i of "
-             "sequence b is physical page block_table[b, i], so gather k_pages[block_table[b, i]]"),
-            (_paged(*args, tables="first_row"), "every sequence read the first row of block_table: sequence b "
-             "uses row b"),
-            (_paged(*args, lengths="whole_pages"), "positions past seq_lens[b] were attended: the last page is "
-             "only partly filled; mask its slots at and after seq_lens[b]"),
-            (_paged(*args, lengths="whole_row"), "every entry of the block-table row was used: entries past the "
-             "sequence's last page (ceil(seq_lens[b] / page_size) pages) are padding, and positions past "
-             "seq_lens[b] must be masked"),
-            (_paged(*args, lengths="plus1"), "off by one: the sequence holds positions 0 .. seq_lens[b] - 1"),
-            (_paged(*args, lengths="minus1"), "off by one: the sequence holds positions 0 .. seq_lens[b] - 1, "
-             "the last one included"),
-            (_paged(*args, flatten="wrong"), "pages were merged with the head axis still in front of the page "
-             "axis: move Hkv first, (n_pages, Hkv, page_size, d) -> (Hkv, n_pages, page_size, d), then flatten "
-             "pages and slots"),
-            (_paged(*args, per_page=True), "each page was normalised on its own and the results averaged: the "
-             "softmax runs over all the sequence's positions (or merge pages with their log-sum-exp weights)"),
-            (_paged(*args, scale=False), "the scores are not divided by sqrt(d)"),
-        ]
-        if 1 < Hkv < H:
-            wrong.insert(0, (_paged(*args, heads="tiled"), "query head h reads kv head h // (H // Hkv); you used "
-                             "h % Hkv"))
-        c.expect(label, got, want, wrong=wrong, dtype=q.dtype)
+        with c.case(label):
+            q, kp, vp, table, seq_lens = _paged_case(g, B, H, Hkv, ps, d, dv, lens, P, shared)
+            got = c.call(label, q, kp, vp, table, seq_lens)
+            want = paging.paged_attention(q.double(), kp.double(), vp.double(), table, seq_lens)
+            if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got).any():
+                c.fail(label, "NaN in the output: a sequence with seq_lens = 0 has no key, so it must get zeros "
+                              "(guard the max and the division by a zero sum)" if 0 in lens else
+                              "NaN in the output where a number was expected")
+            args = (q, kp, vp, table, seq_lens)
+            wrong = [
+                (_paged(*args, tables="identity"), "the pages were read in the order of the pool: logical page i of "
+                 "sequence b is physical page block_table[b, i], so gather k_pages[block_table[b, i]]"),
+                (_paged(*args, tables="first_row"), "every sequence read the first row of block_table: sequence b "
+                 "uses row b"),
+                (_paged(*args, lengths="whole_pages"), "positions past seq_lens[b] were attended: the last page is "
+                 "only partly filled; mask its slots at and after seq_lens[b]"),
+                (_paged(*args, lengths="whole_row"), "every entry of the block-table row was used: entries past the "
+                 "sequence's last page (ceil(seq_lens[b] / page_size) pages) are padding, and positions past "
+                 "seq_lens[b] must be masked"),
+                (_paged(*args, lengths="plus1"), "off by one: the sequence holds positions 0 .. seq_lens[b] - 1"),
+                (_paged(*args, lengths="minus1"), "off by one: the sequence holds positions 0 .. seq_lens[b] - 1, "
+                 "the last one included"),
+                (_paged(*args, flatten="wrong"), "pages were merged with the head axis still in front of the page "
+                 "axis: move Hkv first, (n_pages, Hkv, page_size, d) -> (Hkv, n_pages, page_size, d), then flatten "
+                 "pages and slots"),
+                (_paged(*args, per_page=True), "each page was normalised on its own and the results averaged: the "
+                 "softmax runs over all the sequence's positions (or merge pages with their log-sum-exp weights)"),
+                (_paged(*args, scale=False), "the scores are not divided by sqrt(d)"),
+            ]
+            if 1 < Hkv < H:
+                wrong.insert(0, (_paged(*args, heads="tiled"), "query head h reads kv head h // (H // Hkv); you used "
+                                 "h % Hkv"))
+            c.expect(label, got, want, wrong=wrong, dtype=q.dtype)
     return c.passed("scattered and shared pages, partly filled last pages, GQA/MQA/MHA, empty sequences")
 
 
@@ -157,34 +158,35 @@ def check_mla_scores(fn) -> str:
         ("B=3, H=4, 6 queries x 33 latents, dn=6, r=10", 3, 4, 6, 33, 6, 10, torch.float32),
     ]
     for label, B, H, Nq, Nk, dn, r, dtype in cases:
-        forbid = None if dn == r or Nk == Nq else (Nk, dn)  # an (Nk, dn) result is a head's keys
-        keys = f"A result ending in ({Nk}, {dn}) = (Nk, dn) is the per-head keys. " if forbid else ""
-        c.ban = Ban(python=(latent.mla_scores, latent.mla_attention), forbid_shape=forbid,
-                    hint=keys + "Absorb w_uk into the query, q_nope @ w_uk[h] (shape (B, H, Nq, r)), and score that "
-                                "against the latents c_kv; never build the per-head keys.")
-        q, ckv, w = randn(g, B, H, Nq, dn, dtype=dtype), randn(g, B, Nk, r, dtype=dtype), randn(g, H, dn, r, dtype=dtype)
-        got = c.call(label, q, ckv, w, if_raises="c_kv (B, Nk, r) has no head axis: c_kv.unsqueeze(1) is (B, 1, Nk, r) "
-                                                 "and broadcasts over the heads of q_nope @ w_uk (B, H, Nq, r)")
-        qd, cd, wd = q.double(), ckv.double(), w.double()
-        want = torch.einsum("bhqd,hdr,bkr->bhqk", qd, wd, cd)
-        wrong = [
-            (want / math.sqrt(dn), f"the scores are divided by sqrt(dn){' = sqrt(r)' if dn == r else ''}: "
-                                   f"mla_scores returns the raw content scores (the scale is applied later, to "
-                                   f"content + RoPE scores together)"),
-            (want / math.sqrt(r), "the scores are divided by sqrt(r): mla_scores returns raw, unscaled scores"),
-            (want.transpose(-2, -1), "the scores are transposed: (B, H, Nq, Nk), one row per query"),
-            (torch.softmax(want, -1), "these are attention weights: return the raw scores, before any softmax"),
-            (want.sum(1), "the heads were summed: keep the head index in the result, (B, H, Nq, Nk)"),
-            (torch.einsum("bhqd,dr,bkr->bhqk", qd, wd[0], cd), "every head used w_uk[0]: head h absorbs its own "
-                                                               "w_uk[h]"),
-            (torch.einsum("bhqd,hdr,kr->bhqk", qd, wd, cd[0]), "every batch element was scored against c_kv[0]: "
-                                                               "sequence b uses its own latents c_kv[b]"),
-        ]
-        if dn == r:
-            wrong.append((torch.einsum("bhqd,hrd,bkr->bhqk", qd, wd, cd), "w_uk[h] was transposed: it is (dn, r) "
-                          "and maps a latent to a key, k = c_kv @ w_uk[h]^T, so the query absorbs it as "
-                          "q_nope @ w_uk[h]"))
-        c.expect(label, got, want, wrong=wrong, dtype=dtype)
+        with c.case(label):
+            forbid = None if dn == r or Nk == Nq else (Nk, dn)  # an (Nk, dn) result is a head's keys
+            keys = f"A result ending in ({Nk}, {dn}) = (Nk, dn) is the per-head keys. " if forbid else ""
+            c.ban = Ban(python=(latent.mla_scores, latent.mla_attention), forbid_shape=forbid,
+                        hint=keys + "Absorb w_uk into the query, q_nope @ w_uk[h] (shape (B, H, Nq, r)), and score that "
+                                    "against the latents c_kv; never build the per-head keys.")
+            q, ckv, w = randn(g, B, H, Nq, dn, dtype=dtype), randn(g, B, Nk, r, dtype=dtype), randn(g, H, dn, r, dtype=dtype)
+            got = c.call(label, q, ckv, w, if_raises="c_kv (B, Nk, r) has no head axis: c_kv.unsqueeze(1) is (B, 1, Nk, r) "
+                                                     "and broadcasts over the heads of q_nope @ w_uk (B, H, Nq, r)")
+            qd, cd, wd = q.double(), ckv.double(), w.double()
+            want = torch.einsum("bhqd,hdr,bkr->bhqk", qd, wd, cd)
+            wrong = [
+                (want / math.sqrt(dn), f"the scores are divided by sqrt(dn){' = sqrt(r)' if dn == r else ''}: "
+                                       f"mla_scores returns the raw content scores (the scale is applied later, to "
+                                       f"content + RoPE scores together)"),
+                (want / math.sqrt(r), "the scores are divided by sqrt(r): mla_scores returns raw, unscaled scores"),
+                (want.transpose(-2, -1), "the scores are transposed: (B, H, Nq, Nk), one row per query"),
+                (torch.softmax(want, -1), "these are attention weights: return the raw scores, before any softmax"),
+                (want.sum(1), "the heads were summed: keep the head index in the result, (B, H, Nq, Nk)"),
+                (torch.einsum("bhqd,dr,bkr->bhqk", qd, wd[0], cd), "every head used w_uk[0]: head h absorbs its own "
+                                                                   "w_uk[h]"),
+                (torch.einsum("bhqd,hdr,kr->bhqk", qd, wd, cd[0]), "every batch element was scored against c_kv[0]: "
+                                                                   "sequence b uses its own latents c_kv[b]"),
+            ]
+            if dn == r:
+                wrong.append((torch.einsum("bhqd,hrd,bkr->bhqk", qd, wd, cd), "w_uk[h] was transposed: it is (dn, r) "
+                              "and maps a latent to a key, k = c_kv @ w_uk[h]^T, so the query absorbs it as "
+                              "q_nope @ w_uk[h]"))
+            c.expect(label, got, want, wrong=wrong, dtype=dtype)
     return c.passed("decode and prefill shapes, square w_uk, float64, no per-head keys")
 
 
@@ -239,39 +241,40 @@ def check_sink_attention(fn) -> str:
         ("huge scores (queries x 200)", (1, 2, 5, 8), 7, 4, [1.0, 4.0], True, 200.0),
     ]
     for label, qshape, Nk, dv, s, causal, mult in cases:
-        q = randn(g, *qshape) * mult
-        k, v = randn(g, *qshape[:-2], Nk, qshape[-1]), randn(g, *qshape[:-2], Nk, dv)
-        sk = torch.tensor(s, dtype=q.dtype)
-        got = c.call(label, q, k, v, sk, is_causal=causal,
-                     if_raises="sinks has one logit per head, the axis -3 of the scores: reshape it to (H, 1, 1) "
-                               "so it broadcasts over queries and keys")
-        want = sinks.sink_attention(q.double(), k.double(), v.double(), sk.double(), causal)
-        if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got).any():
-            if mult > 1:
-                c.fail(label, "not numerically stable: exp overflowed. Subtract the row maximum, taken over the "
-                              "scores and the sink, before exp")
-            c.fail(label, "NaN for a query that sees no key: with a sink every row has one finite logit; take the "
-                          "max over the scores and the sink together, and that query gets zeros")
-        args = (q, k, v, sk, causal)
-        wrong = [
-            (_sinked(*args, sink="none"), "the sink took no weight: add exp(sinks[h]) to the softmax denominator "
-             "of head h (the weights over the real keys then sum to less than 1)"),
-            (_sink_linear(*args), "the sink is a logit: add exp(sinks[h]) to the denominator, not sinks[h]"),
-            (_sinked(*args, scale_sink=True), "the sink was divided by sqrt(d): only q . k is scaled, the sink "
-             "logit enters as it is"),
-            (_sinked(*args, sink="negated"), "the sink enters with its sign: exp(+sinks[h])"),
-            (_sinked(*args, sink="zero"), "that is softmax + 1 (a sink of 0 for every head): use each head's own "
-             "logit sinks[h]"),
-        ]
-        if qshape[-3] == qshape[-2]:
-            wrong.append((_sinked(*args, sink="per_query"), "sinks[h] belongs to head h, the axis -3 of the scores: "
-                          "reshape sinks to (H, 1, 1), not (H, 1), which pairs it with query h"))
-        if causal:
-            wrong.append((_sinked(q, k, v, sk, False), "is_causal was ignored"))
-            if qshape[-2] != Nk:
-                wrong.append((_sinked(*args, offset=0), "the causal mask is aligned to the top left: query i sits "
-                              "at position i + Nk - Nq"))
-        c.expect(label, got, want, wrong=wrong, dtype=q.dtype)
+        with c.case(label):
+            q = randn(g, *qshape) * mult
+            k, v = randn(g, *qshape[:-2], Nk, qshape[-1]), randn(g, *qshape[:-2], Nk, dv)
+            sk = torch.tensor(s, dtype=q.dtype)
+            got = c.call(label, q, k, v, sk, is_causal=causal,
+                         if_raises="sinks has one logit per head, the axis -3 of the scores: reshape it to (H, 1, 1) "
+                                   "so it broadcasts over queries and keys")
+            want = sinks.sink_attention(q.double(), k.double(), v.double(), sk.double(), causal)
+            if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got).any():
+                if mult > 1:
+                    c.fail(label, "not numerically stable: exp overflowed. Subtract the row maximum, taken over the "
+                                  "scores and the sink, before exp")
+                c.fail(label, "NaN for a query that sees no key: with a sink every row has one finite logit; take the "
+                              "max over the scores and the sink together, and that query gets zeros")
+            args = (q, k, v, sk, causal)
+            wrong = [
+                (_sinked(*args, sink="none"), "the sink took no weight: add exp(sinks[h]) to the softmax denominator "
+                 "of head h (the weights over the real keys then sum to less than 1)"),
+                (_sink_linear(*args), "the sink is a logit: add exp(sinks[h]) to the denominator, not sinks[h]"),
+                (_sinked(*args, scale_sink=True), "the sink was divided by sqrt(d): only q . k is scaled, the sink "
+                 "logit enters as it is"),
+                (_sinked(*args, sink="negated"), "the sink enters with its sign: exp(+sinks[h])"),
+                (_sinked(*args, sink="zero"), "that is softmax + 1 (a sink of 0 for every head): use each head's own "
+                 "logit sinks[h]"),
+            ]
+            if qshape[-3] == qshape[-2]:
+                wrong.append((_sinked(*args, sink="per_query"), "sinks[h] belongs to head h, the axis -3 of the scores: "
+                              "reshape sinks to (H, 1, 1), not (H, 1), which pairs it with query h"))
+            if causal:
+                wrong.append((_sinked(q, k, v, sk, False), "is_causal was ignored"))
+                if qshape[-2] != Nk:
+                    wrong.append((_sinked(*args, offset=0), "the causal mask is aligned to the top left: query i sits "
+                                  "at position i + Nk - Nq"))
+            c.expect(label, got, want, wrong=wrong, dtype=q.dtype)
     return c.passed("several heads, causal with Nq != Nk, rows with only the sink, huge sinks and scores")
 
 
@@ -308,39 +311,40 @@ def check_yarn_inv_freq(fn) -> str:
         ("d=6, theta=500, scale=2, L=64", (6, 500.0, 2.0, 64), {}),
     ]
     for label, args, kwargs in cases:
-        d, theta, scale, L = args[:4]
-        bf = kwargs.get("beta_fast", args[4] if len(args) > 4 else 32.0)
-        bs = kwargs.get("beta_slow", args[5] if len(args) > 5 else 1.0)
-        got = c.call(label, *args, **kwargs)
-        want = yarn.yarn_inv_freq(d, theta, scale, L, bf, bs)
-        if isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype != torch.float64:
-            c.fail(label, f"the frequencies are {got.dtype}: return float64 (build them in float64 from the start, "
-                          f"torch.arange(..., dtype=torch.float64)); angles p * f_i at p ~ 10^5 need the precision")
-        f = yarn.rope_inv_freq(d, theta)
-        wrong = [
-            (_yarn(d, theta, scale, L, bf, bs, dtype=torch.float32), "computed in float32 and converted at the "
-             "end: build the frequencies in float64 from the start (torch.arange(..., dtype=torch.float64))"),
-            (_yarn(d, theta, scale, L, bf, bs, reverse=True), "the ramp is reversed (or beta_fast and beta_slow "
-             "swapped): g_i = (r_i - beta_slow) / (beta_fast - beta_slow), so pairs that turned many times (g_i = 1) "
-             "keep f_i and pairs that turned less than beta_slow times (g_i = 0) are divided by scale"),
-            (_yarn(d, theta, scale, L, bf, bs, rot=1.0), "r_i counts full rotations over the original context: "
-             "r_i = L * f_i / (2 pi)"),
-            (_yarn(d, theta, scale, L, bf, bs, invert=True), "r_i is the number of turns L * f_i / (2 pi) "
-             "(context length over wavelength), not the wavelength over the context length"),
-            (_yarn(d, theta, scale, L, bf, bs, clamp=False), "g_i must be clamped to [0, 1]: outside the ramp a "
-             "pair is either kept or fully interpolated"),
-            (f / scale, "every frequency was divided by scale: that is position interpolation; YaRN keeps the fast "
-                        "pairs (many rotations) unchanged"),
-            (yarn.ntk_inv_freq(d, theta, scale), "that is NTK-aware scaling (a larger theta); YaRN blends f_i and "
-                                                 "f_i / scale pair by pair with the ramp g_i"),
-            (_yarn(d, theta, scale, L, bf, bs, exponent=1.0), "f_i = theta^(-2i/d): the exponent has a 2"),
-            (_yarn(d, theta, scale, L, bf, bs, first=1), "pairs are numbered from 0: f_0 = theta^0 = 1"),
-            (_yarn(d, theta, scale, L, bf, bs, mul=True), "slow pairs must turn slower: divide their frequency "
-                                                          "by scale, do not multiply"),
-            (want.repeat_interleave(2), "one frequency per pair: return d // 2 values, not one per feature"),
-            (torch.cat((want, want)), "one frequency per pair: return d // 2 values, not the list twice"),
-        ]
-        c.expect(label, got, want, what="frequencies", wrong=wrong, dtype=torch.float64)
+        with c.case(label):
+            d, theta, scale, L = args[:4]
+            bf = kwargs.get("beta_fast", args[4] if len(args) > 4 else 32.0)
+            bs = kwargs.get("beta_slow", args[5] if len(args) > 5 else 1.0)
+            got = c.call(label, *args, **kwargs)
+            want = yarn.yarn_inv_freq(d, theta, scale, L, bf, bs)
+            if isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype != torch.float64:
+                c.fail(label, f"the frequencies are {got.dtype}: return float64 (build them in float64 from the start, "
+                              f"torch.arange(..., dtype=torch.float64)); angles p * f_i at p ~ 10^5 need the precision")
+            f = yarn.rope_inv_freq(d, theta)
+            wrong = [
+                (_yarn(d, theta, scale, L, bf, bs, dtype=torch.float32), "computed in float32 and converted at the "
+                 "end: build the frequencies in float64 from the start (torch.arange(..., dtype=torch.float64))"),
+                (_yarn(d, theta, scale, L, bf, bs, reverse=True), "the ramp is reversed (or beta_fast and beta_slow "
+                 "swapped): g_i = (r_i - beta_slow) / (beta_fast - beta_slow), so pairs that turned many times (g_i = 1) "
+                 "keep f_i and pairs that turned less than beta_slow times (g_i = 0) are divided by scale"),
+                (_yarn(d, theta, scale, L, bf, bs, rot=1.0), "r_i counts full rotations over the original context: "
+                 "r_i = L * f_i / (2 pi)"),
+                (_yarn(d, theta, scale, L, bf, bs, invert=True), "r_i is the number of turns L * f_i / (2 pi) "
+                 "(context length over wavelength), not the wavelength over the context length"),
+                (_yarn(d, theta, scale, L, bf, bs, clamp=False), "g_i must be clamped to [0, 1]: outside the ramp a "
+                 "pair is either kept or fully interpolated"),
+                (f / scale, "every frequency was divided by scale: that is position interpolation; YaRN keeps the fast "
+                            "pairs (many rotations) unchanged"),
+                (yarn.ntk_inv_freq(d, theta, scale), "that is NTK-aware scaling (a larger theta); YaRN blends f_i and "
+                                                     "f_i / scale pair by pair with the ramp g_i"),
+                (_yarn(d, theta, scale, L, bf, bs, exponent=1.0), "f_i = theta^(-2i/d): the exponent has a 2"),
+                (_yarn(d, theta, scale, L, bf, bs, first=1), "pairs are numbered from 0: f_0 = theta^0 = 1"),
+                (_yarn(d, theta, scale, L, bf, bs, mul=True), "slow pairs must turn slower: divide their frequency "
+                                                              "by scale, do not multiply"),
+                (want.repeat_interleave(2), "one frequency per pair: return d // 2 values, not one per feature"),
+                (torch.cat((want, want)), "one frequency per pair: return d // 2 values, not the list twice"),
+            ]
+            c.expect(label, got, want, what="frequencies", wrong=wrong, dtype=torch.float64)
     return c.passed("gpt-oss's settings, betas by keyword and by position, scale 1, tiny d")
 
 
@@ -400,44 +404,45 @@ def check_flash_decode(fn) -> str:
         ("float64, odd d=5, 23 keys in 5 splits", 2, 1, 23, 5, 7, 5, 1.0, torch.float64),
     ]
     for label, B, H, Nk, d, dv, n, mult, dtype in cases:
-        c.ban = Ban({}, (), (decoding.flash_decode, ring_merge_partials, chunked_merge_partials),
-                    hint="Compute each split's partial output and log-sum-exp, then merge them yourself; never score "
-                         "all the keys at once.", forbid_shape=(1, Nk) if n > 1 else None)
-        q = randn(g, B, H, 1, d, dtype=dtype) * mult
-        k, v = randn(g, B, H, Nk, d, dtype=dtype), randn(g, B, H, Nk, dv, dtype=dtype)
-        if mult > 1:
-            k[:, :, -3] = q[:, :, 0] / mult  # the best key, in the last split
-        got = c.call(label, q, k, v, n, if_raises="with more splits than keys some splits are empty: skip them "
-                                                  "(an empty split contributes nothing)" if n > Nk else "")
-        if not _is_tuple(got, 2):
-            c.fail(label, "return (out, lse)")
-        out, lse = got
-        want_out, want_lse = decoding.flash_decode(q.double(), k.double(), v.double(), 1)
-        for t in (out, lse):
-            if isinstance(t, torch.Tensor) and torch.isnan(t).any():
-                c.fail(label, "NaN: an empty split (more splits than keys) must contribute nothing; its lse is "
-                              "-inf and its weight exp(-inf) = 0, so guard max = -inf and sums of 0"
-                       if n > Nk else "NaN in the result where a number was expected")
-        args = (q, k, v, n)
-        wrong_out = [
-            (_split(*args, merge="mean")[0], "the partial outputs were averaged: weight split s by "
-             "exp(lse_s - lse), its share of the whole softmax denominator"),
-            (_split(*args, merge="max_only")[0], "each split was weighted by exp(m_s) only: its weight is its "
-             "whole normaliser exp(lse_s) = exp(m_s) * l_s"),
-            (_split(*args, merge="sum_only")[0], "each split was weighted by its sum l_s only: every split "
-             "subtracted its own max m_s, so weigh by exp(lse_s) = exp(m_s) * l_s"),
-            (_split(*args, merge="unnormalised")[0], "the merged output is not normalised: divide by the sum of the "
-             "split weights"),
-            (_split(*args, scale=False)[0], "the scores are not divided by sqrt(d)"),
-        ]
-        if Nk % n and Nk >= n:
-            wrong_out.append((_split(*args, drop_tail=True)[0], "keys of the last, shorter split are missing: "
-                              "use ceil(Nk / n_splits) keys per split, the last split takes what is left"))
-        c.expect(label, out, want_out, what="output", wrong=wrong_out, dtype=dtype)
-        c.expect(label, lse, want_lse, what="log-sum-exp", dtype=dtype, wrong=[
-            (want_lse.squeeze(-1), "lse has shape (B, H, 1): one value per query, and there is one query"),
-            (_split(*args, lse_kind="base2")[1], "lse is in base 2; the contract asks for the natural log"),
-            (_split(*args, lse_kind="no_log")[1], "lse = log(sum_s exp(lse_s)) with lse_s = m_s + log(l_s): the "
-             "log of each split's sum is missing"),
-        ])
+        with c.case(label):
+            c.ban = Ban({}, (), (decoding.flash_decode, ring_merge_partials, chunked_merge_partials),
+                        hint="Compute each split's partial output and log-sum-exp, then merge them yourself; never score "
+                             "all the keys at once.", forbid_shape=(1, Nk) if n > 1 else None)
+            q = randn(g, B, H, 1, d, dtype=dtype) * mult
+            k, v = randn(g, B, H, Nk, d, dtype=dtype), randn(g, B, H, Nk, dv, dtype=dtype)
+            if mult > 1:
+                k[:, :, -3] = q[:, :, 0] / mult  # the best key, in the last split
+            got = c.call(label, q, k, v, n, if_raises="with more splits than keys some splits are empty: skip them "
+                                                      "(an empty split contributes nothing)" if n > Nk else "")
+            if not _is_tuple(got, 2):
+                c.fail(label, "return (out, lse)")
+            out, lse = got
+            want_out, want_lse = decoding.flash_decode(q.double(), k.double(), v.double(), 1)
+            for t in (out, lse):
+                if isinstance(t, torch.Tensor) and torch.isnan(t).any():
+                    c.fail(label, "NaN: an empty split (more splits than keys) must contribute nothing; its lse is "
+                                  "-inf and its weight exp(-inf) = 0, so guard max = -inf and sums of 0"
+                           if n > Nk else "NaN in the result where a number was expected")
+            args = (q, k, v, n)
+            wrong_out = [
+                (_split(*args, merge="mean")[0], "the partial outputs were averaged: weight split s by "
+                 "exp(lse_s - lse), its share of the whole softmax denominator"),
+                (_split(*args, merge="max_only")[0], "each split was weighted by exp(m_s) only: its weight is its "
+                 "whole normaliser exp(lse_s) = exp(m_s) * l_s"),
+                (_split(*args, merge="sum_only")[0], "each split was weighted by its sum l_s only: every split "
+                 "subtracted its own max m_s, so weigh by exp(lse_s) = exp(m_s) * l_s"),
+                (_split(*args, merge="unnormalised")[0], "the merged output is not normalised: divide by the sum of the "
+                 "split weights"),
+                (_split(*args, scale=False)[0], "the scores are not divided by sqrt(d)"),
+            ]
+            if Nk % n and Nk >= n:
+                wrong_out.append((_split(*args, drop_tail=True)[0], "keys of the last, shorter split are missing: "
+                                  "use ceil(Nk / n_splits) keys per split, the last split takes what is left"))
+            c.expect(label, out, want_out, what="output", wrong=wrong_out, dtype=dtype)
+            c.expect(label, lse, want_lse, what="log-sum-exp", dtype=dtype, wrong=[
+                (want_lse.squeeze(-1), "lse has shape (B, H, 1): one value per query, and there is one query"),
+                (_split(*args, lse_kind="base2")[1], "lse is in base 2; the contract asks for the natural log"),
+                (_split(*args, lse_kind="no_log")[1], "lse = log(sum_s exp(lse_s)) with lse_s = m_s + log(l_s): the "
+                 "log of each split's sum is missing"),
+            ])
     return c.passed("uneven, equal, single, empty splits, large scores, never all scores at once")
