@@ -232,7 +232,7 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
         job = _Job(entry)
         if choice.ok:
             job.parts, job.file = choice.parts, choice.reason
-            job.submitted_at = choice.submitted_at.isoformat(timespec="seconds") if choice.submitted_at else ""
+            job.submitted_at = choice.submitted_at.isoformat() if choice.submitted_at else ""  # full precision: formgrader compares it with timestamp.txt
             plain = len(entry.candidates) == 1 and choice.candidate.filename == f"{assignment}.ipynb"
             job.say_file = not plain or choice.candidate.late
         else:
@@ -273,10 +273,21 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
             _write_feedback(results[-1], assignment, source, _feedback_path(out, student.id, assignment))
     people = {e.student_id: {"first_name": e.name, "email": e.email} for e in batch.entries if e.name or e.email}
     people.update({s.id: {"first_name": s.name, "email": s.email} for s in (roster.students if roster else [])})
-    gradebook.record(db_url, assignment, results, students=people,
-                     lms={e.student_id: {"layout": batch.layout, "label": e.label, "name": e.name, "email": e.email,
-                                         "lms_id": e.lms_id, "file": (by_id[e.student_id].parts or ("",))[-1]
-                                         if by_id.get(e.student_id) else ""} for e in entries})
+    on_roster = {st.id: st for st in (roster.students if roster else [])}
+
+    def known(sid, **fields):
+        st = on_roster.get(sid)
+        info = {"layout": batch.layout, **{k: v for k, v in fields.items() if v}}
+        for key in ("name", "email", "lms_id"):  # the roster fills what the LMS's names did not say
+            if st is not None and not info.get(key) and getattr(st, key):
+                info[key] = getattr(st, key)
+        return info
+
+    lms = {e.student_id: known(e.student_id, label=e.label, name=e.name, email=e.email, lms_id=e.lms_id,
+                               file=(by_id[e.student_id].parts or ("",))[-1] if by_id.get(e.student_id) else "")
+           for e in entries}
+    lms.update({st.id: known(st.id) for st in missing})
+    gradebook.record(db_url, assignment, results, students=people, lms=lms)
     write_csv(out / "grades.csv", gradebook.rows(db_url, assignment))
     if settings.progress:
         header = [f"layout: {batch.layout}"] + ([f"late policy: {late.describe()}"] if due else []) + notes
@@ -327,9 +338,10 @@ def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib
 
 
 def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,
-            fb_path, pool_examiner, out=None, released=None) -> None:
+            fb_path, pool_examiner, out=None, released=None, siblings=()) -> None:
     """The forked worker: grade one student, write feedback, send plain JSON, exit."""
-    close_inherited({0, 1, 2, write_fd, pool_examiner.sock.fileno()})
+    close_siblings(siblings)
+    fresh_event_loop()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     limit_memory(WORKER_MEMORY)
     started = time.monotonic()
@@ -403,15 +415,33 @@ def limit_memory(nbytes: int) -> None:
 
 
 def close_inherited(keep: set[int]) -> None:
-    """In a forked worker: close every descriptor but ``keep`` (other workers' result pipes,
-    their examiners' sockets, the zygote's control socket, the gradebook...), so nothing a
-    worker starts can reach another student's channel."""
-    for fd in _open_fds():
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    """Close every descriptor but ``keep`` (for a process that uses no library state inherited
+    from its parent)."""
+    close_siblings([fd for fd in _open_fds() if fd not in keep])
+
+
+def close_siblings(fds) -> None:
+    """In a forked worker: close the parent's channels to everything else (other workers'
+    result pipes, the zygote's control socket, the uid locks), so nothing this worker or its
+    kernel does can reach another student's channel. (The kernel itself starts with only its
+    standard streams: Popen closes the rest.)"""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def fresh_event_loop() -> None:
+    """jupyter_client runs on an asyncio loop jupyter_core caches per context; a forked worker
+    must not share the parent's (its epoll set and wake-up pipe are the parent's)."""
+    import asyncio
+    try:
+        from jupyter_core import utils
+        utils._loop.set(None)
+    except (ImportError, AttributeError):
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, policy, settings, out, pool,
@@ -473,8 +503,9 @@ def _run_all(jobs, submissions, counts, assignment, source, template, run_dir, p
                     code = 0
                     try:
                         os.close(read_fd)
+                        siblings = [fd for fd in running] + pool.private_fds() + (uids.private_fds() if uids else [])
                         _worker(write_fd, job, submissions, counts, assignment, source, template, work,
-                                worker_policy, settings.limits, fb, ex, out, released)
+                                worker_policy, settings.limits, fb, ex, out, released, siblings)
                     except BaseException:  # noqa: BLE001
                         code = 1
                     finally:

@@ -587,6 +587,11 @@ class ExaminerPool:
         policy, warm, memory_bytes = self._start_args
         self.__init__(policy, warm, self.uids, memory_bytes)
 
+    def private_fds(self) -> list[int]:
+        """Descriptors a forked worker must not keep: the zygote's control socket, the uid locks."""
+        fds = [self.control.fileno()] if self.control.fileno() >= 0 else []
+        return fds + (self.uids.private_fds() if self.uids is not None else [])
+
     def release(self, uid) -> None:
         """The examiner that had ``uid`` is done (its worker ended): the uid may be reused."""
         if uid is not None and self.uids is not None:

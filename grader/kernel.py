@@ -80,7 +80,7 @@ class Kernel:
     """A kernel under ``policy`` whose private files live in ``run_dir`` (a folder only the
     grader can write). Use as a context manager."""
 
-    def __init__(self, run_dir: pathlib.Path, policy: sandbox.Policy, startup_timeout: float = 60.0,
+    def __init__(self, run_dir: pathlib.Path, policy: sandbox.Policy, startup_timeout: float = 120.0,
                  env: dict | None = None, exercises: tuple[str, ...] = ()):
         self.run_dir, self.policy = pathlib.Path(run_dir), policy
         self.startup_timeout = startup_timeout

@@ -145,6 +145,10 @@ class UidPool:
             return uid
         raise RuntimeError(f"no free uid in {self.base}..{self.base + self.count - 1}")
 
+    def private_fds(self) -> list[int]:
+        """The lock descriptors this pool holds (a forked worker closes them)."""
+        return list(self._held.values())
+
     def release(self, uid: int) -> None:
         fd = self._held.pop(uid, None)
         if fd is not None:

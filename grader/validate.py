@@ -27,6 +27,11 @@ def released_notebooks(folder: pathlib.Path | None = None) -> dict[str, nbformat
     return layouts.released_notebooks(folder)
 
 
+def _visible_code(source: str) -> bool:
+    """Whether a released test cell still holds code (a hidden-only cell is comments alone)."""
+    return any(line.strip() and not line.strip().startswith("#") for line in source.split("\n"))
+
+
 def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mode: str = "auto",
              notebooks: pathlib.Path | None = None, out=None) -> int:
     """Return the exit code: 0 all visible tests pass, 1 some fail, 2 the notebook cannot run."""
@@ -59,6 +64,13 @@ def validate(path: pathlib.Path, limits: grade.Limits | None = None, sandbox_mod
         print(f"{intake.printable(path.name)}: could not run: {result.reason}", file=out)
         return 2
     print(f"{intake.printable(path.name)} is {name}", file=out)
+    hidden_only = {nbs.grade_id(c) for c in template.cells if nbs.is_test(c) and not _visible_code(c.source)}
+    for t in [t for t in result.tests if t.grade_id in hidden_only]:
+        print(f"HIDE  {t.grade_id}  ({t.max_points:g} point{'s' * (t.max_points != 1)}): its tests run only at grading",
+              file=out)
+    result.tests = [t for t in result.tests if t.grade_id not in hidden_only]
+    result.score = sum(t.points for t in result.tests)
+    result.max_score = sum(t.max_points for t in result.tests)
     for t in result.tests:
         mark = {"ok": "PASS", "partial": "PART"}.get(t.status, "FAIL")
         print(f"{mark}  {t.grade_id}  ({t.points:g}/{t.max_points:g})", file=out)

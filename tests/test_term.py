@@ -40,9 +40,11 @@ def _cfg(root, exchange, **extra):
 
 
 def _exchange(kind, cfg):
+    """One of nbgrader's exchange steps, as its own command-line app runs it."""
+    from nbgrader.auth import Authenticator
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.exchange import default as ex
-    app = getattr(ex, kind)(coursedir=CourseDirectory(config=cfg), config=cfg)
+    app = getattr(ex, kind)(coursedir=CourseDirectory(config=cfg), authenticator=Authenticator(config=cfg), config=cfg)
     app.start()
 
 
@@ -58,8 +60,8 @@ def _term(tmp_path, db_url):
     release.release(names=[ASSIGNMENT], course_dir=course_dir)
     assert (course_dir / "source" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").exists()
     _exchange("ExchangeReleaseAssignment", _cfg(course_dir, exchange))
-    # 2. students fetch, answer and submit (s30 never submits; s31 is not on the roster)
-    students = [f"s{i:02d}" for i in range(N)] + ["s31"]
+    # 2. N students fetch, answer and submit, and s31, who is not on the roster; s30 never submits
+    students = [f"s{i:02d}" for i in range(N + 1)] + ["s31"]
     for i, sid in enumerate(students):
         if sid == "s30":
             continue
@@ -74,10 +76,10 @@ def _term(tmp_path, db_url):
         _exchange("ExchangeSubmit", cfg)
     _exchange("ExchangeCollect", _cfg(course_dir, exchange))
     submitted = course_dir / "submitted"
-    assert len(list(submitted.iterdir())) == N
+    assert len(list(submitted.iterdir())) == N + 1
     # 3. a roster, a due time, one extension, a late policy; two students were late
     now = dt.datetime.now(dt.timezone.utc)
-    due = now - dt.timedelta(days=5)
+    due = now + dt.timedelta(days=1)  # everyone on time but the two whose timestamps are moved past it
     (tmp_path / "roster.csv").write_text("id,name,email,lms_id\n" + "".join(
         f"s{i:02d},Student {i},s{i}@uni.example,{1000 + i}\n" for i in range(N + 1)), encoding="utf-8")
     (tmp_path / "extensions.csv").write_text("student_id,days\ns03,10\n", encoding="utf-8")
@@ -91,7 +93,7 @@ def _term(tmp_path, db_url):
     autograde.autograde(submitted, ASSIGNMENT, course_dir, settings)
     first_run = time.monotonic() - started
     rows = {r["student_id"]: r for r in csv.DictReader((course_dir / "grades.csv").open(encoding="utf-8"))}
-    assert len(rows) == N + 1 and rows["s30"]["status"] == "failed" and rows["s30"]["reason"] == "no submission"
+    assert len(rows) == N + 2 and rows["s30"]["status"] == "failed" and rows["s30"]["reason"] == "no submission"
     assert "s31" in rows  # not on the roster: graded anyway, reported
     assert float(rows["s00"]["score"]) == 3 and float(rows["s01"]["score"]) == 0
     assert 0 < float(rows["s02"]["score"]) < 3  # the scaled near miss earns part
@@ -118,7 +120,7 @@ def _term(tmp_path, db_url):
     regrade = autograde.Settings(**{**settings.__dict__, "students": ("s04",)})
     autograde.autograde(submitted, ASSIGNMENT, course_dir, regrade)
     rows = {r["student_id"]: r for r in csv.DictReader((course_dir / "grades.csv").open(encoding="utf-8"))}
-    assert len(rows) == N + 1 and float(rows["s04"]["score"]) == 3
+    assert len(rows) == N + 2 and float(rows["s04"]["score"]) == 3
     assert float(rows["s01"]["score"]) == 1.5  # the TA's 1 + 0.5 extra credit survived the regrade
     with Gradebook(db_url, course_id=course.COURSE_ID) as gb:
         assert gb.find_comment("dot_product_scores", ASSIGNMENT, ASSIGNMENT, "s01").manual_comment.startswith("k @ q.T")
@@ -129,9 +131,9 @@ def _term(tmp_path, db_url):
     cfg.CourseDirectory.db_url = db_url
     api = NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg)
     (assignment,) = [a for a in api.get_assignments() if a["name"] == ASSIGNMENT]
-    assert assignment["num_submissions"] == N
-    subs = api.get_submissions(ASSIGNMENT)
-    assert len(subs) == N and all(s["autograded"] and not s["needs_manual_grade"] for s in subs)
+    assert assignment["num_submissions"] == N + 1
+    subs = [s for s in api.get_submissions(ASSIGNMENT) if s["submitted"]]
+    assert len(subs) == N + 1 and all(s["autograded"] and not s["needs_manual_grade"] for s in subs)
     # 7. hand back: Canvas and Moodle imports, the feedback zip, the class report
     export.export(db_url, ASSIGNMENT, "canvas", tmp_path / "canvas.csv")
     canvas = list(csv.reader(io.StringIO((tmp_path / "canvas.csv").read_text(encoding="utf-8"))))
@@ -141,7 +143,7 @@ def _term(tmp_path, db_url):
     moodle = {r["Identifier"]: r for r in csv.DictReader((tmp_path / "moodle.csv").open(encoding="utf-8"))}
     assert moodle["Participant 1001"]["Grade"] == "1.5" and moodle["Participant 1030"]["Status"] == "No submission"
     count, missing = export.feedback_zip(course_dir, db_url, ASSIGNMENT, tmp_path / "fb.zip")
-    assert count == N + 1 and not missing
+    assert count == N + 2 and not missing
     with zipfile.ZipFile(tmp_path / "fb.zip") as z:
         assert f"s00/{ASSIGNMENT}-feedback.html" in z.namelist() and "README.txt" in z.namelist()
     from grader import report
