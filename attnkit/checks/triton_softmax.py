@@ -130,19 +130,10 @@ def _row_hint(got, want, tol):
     return f"rows {bad[:6]} are wrong while other rows are right: {owns}"
 
 
-def _call(c: Checker, label: str, x: torch.Tensor):
-    """``c.call``, with a stub kernel (``raise NotImplementedError`` in a ``@triton.jit``
-    body, which the interpreter wraps in its own error) reported as not implemented."""
-    try:
-        return c.call(label, x)
-    except AssertionError as e:
-        cause = e.__cause__
-        while cause is not None:
-            if isinstance(cause, NotImplementedError):
-                raise AssertionError(f"{c.name}: not implemented yet. Your kernel still raises NotImplementedError: "
-                                     f"replace it with the kernel's body.") from None
-            cause = cause.__cause__
-        raise
+def _call(c: Checker, label: str, *args):
+    """``c.call`` through :func:`attnkit.checks._triton.call_kernel` (versions, stubs)."""
+    from ._triton import call_kernel  # imports triton: only when a check runs
+    return call_kernel(c, label, *args)
 
 
 def check_triton_softmax(fn) -> str:
