@@ -557,7 +557,8 @@ class ExaminerPool:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_parent = str(pathlib.Path(__file__).resolve().parents[1])
         cmd = sandbox.wrap([sys.executable, "-m", "grader.examiner", "zygote", "--fd", str(theirs.fileno()),
-                            "--memory-bytes", str(zpolicy.memory_bytes), "--warm", json.dumps(list(warm))],
+                            "--memory-bytes", str(sandbox.address_space(zpolicy.memory_bytes)),
+                            "--warm", json.dumps(list(warm))],
                            zpolicy, workspace=False, with_grader=True)
         env = sandbox.environment("/tmp", {"PYTHONPATH": package_parent, "MPLBACKEND": "Agg"})
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,

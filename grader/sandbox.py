@@ -414,11 +414,37 @@ def bwrap_args(policy: Policy, binds: list[tuple[str, pathlib.Path, str]], works
     return args
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_torch() -> bool:
+    """Whether the installed torch is a CUDA build (read from its version file, not imported)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        text = (pathlib.Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return False
+    import re
+    m = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*(.+)$", text, flags=re.M)
+    return bool(m) and m.group(1).strip() not in ("None", "''", '""')
+
+
+CUDA_RESERVE = 64 << 30  # address space a CUDA torch maps without using it (its libraries, the driver)
+
+
+def address_space(memory_bytes: int) -> int:
+    """The RLIMIT_AS for a memory limit: the limit itself with a CPU torch; with a CUDA build,
+    whose libraries map tens of GiB they never touch (``import torch`` fails under 4 GiB), the
+    limit plus :data:`CUDA_RESERVE`, and the real memory is held by the kernel's cgroup where
+    there is one."""
+    return memory_bytes + CUDA_RESERVE if cuda_torch() else memory_bytes
+
+
 def prlimit_args(policy: Policy) -> list[str]:
     prlimit = shutil.which("prlimit")
     if not prlimit:
         return []
-    args = [prlimit, f"--as={policy.memory_bytes}", f"--fsize={policy.max_file_bytes}",
+    args = [prlimit, f"--as={address_space(policy.memory_bytes)}", f"--fsize={policy.max_file_bytes}",
             f"--nofile={policy.max_open_files}", "--core=0"]
     if policy.uid is not None and os.geteuid() == 0:
         args.append(f"--nproc={policy.max_processes}")
