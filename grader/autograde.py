@@ -63,6 +63,16 @@ def _number(x) -> str:
     return "" if x is None else f"{x:g}"
 
 
+def _when(iso: str) -> str:
+    """A submission time for the CSV: UTC to the second (the gradebook keeps it exact)."""
+    if not iso:
+        return ""
+    try:
+        return deadlines.format_time(dt.datetime.fromisoformat(iso))
+    except ValueError:
+        return ""
+
+
 def write_csv(path: pathlib.Path, rows: list) -> None:
     """``grades.csv`` from the gradebook's view (:func:`grader.gradebook.rows`), written to a
     temporary file and renamed over the old one: a reader never sees half a file."""
@@ -73,7 +83,7 @@ def write_csv(path: pathlib.Path, rows: list) -> None:
         for r in sorted(rows, key=lambda r: r.student_id):
             graded = r.status == "graded"
             writer.writerow([r.student_id, r.assignment, _number(r.score), _number(r.max_score), r.status,
-                             " ".join(intake.printable(r.reason).split()), r.submitted_at,
+                             " ".join(intake.printable(r.reason).split()), _when(r.submitted_at),
                              _number(r.late_days) if graded else "", _number(r.penalty) if graded else "",
                              _number(r.raw_score)])
     os.replace(tmp, path)

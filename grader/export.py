@@ -37,6 +37,11 @@ FORMATS = ("canvas", "moodle", "csv")
 _CANVAS = re.compile(r"^(?P<prefix>.+?_(?:LATE_)?\d+_\d+)_.+$", re.S)
 
 
+def _when(iso: str) -> str:
+    from .autograde import _when as when
+    return when(iso)
+
+
 def _score(x) -> str:
     return "" if x is None else f"{x:g}"
 
@@ -83,14 +88,14 @@ def export(db_url: str, assignment: str, fmt: str, out: pathlib.Path, column: st
             status = "Submitted for grading - Graded" if r.status == "graded" else "No submission"
             writer.writerow([f"Participant {participant or r.student_id}", _name(r) or r.student_id,
                              r.lms.get("email", ""), status, _score(r.score), _score(r.max_score), "Yes",
-                             r.submitted_at, intake.printable(r.reason)])
+                             _when(r.submitted_at), intake.printable(r.reason)])
     else:
         writer.writerow(["student_id", "assignment", "score", "max_score", "status", "reason", "submitted_at",
                          "late_days", "penalty", "raw_score", "name", "email"])
         for r in rows:
             graded = r.status == "graded"
             writer.writerow([r.student_id, assignment, _score(r.score), _score(r.max_score), r.status,
-                             " ".join(intake.printable(r.reason).split()), r.submitted_at,
+                             " ".join(intake.printable(r.reason).split()), _when(r.submitted_at),
                              _score(r.late_days) if graded else "", _score(r.penalty) if graded else "",
                              _score(r.raw_score), _name(r), r.lms.get("email", "")])
     _write(out, buf.getvalue())
