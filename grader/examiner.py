@@ -349,7 +349,7 @@ class Session:
             status, ename, evalue = "timeout", "TimeoutError", f"the test ran past its {seconds:.0f} s limit"
         except BaseException as e:  # noqa: BLE001 - the test's verdict
             status = "error"
-            ename, evalue = type(e).__name__, str(e)
+            ename, evalue = ("AssertionError" if isinstance(e, _harness.CheckFailed) else type(e).__name__), str(e)
             if isinstance(e, _remote.GradingChannelError):
                 ename = "GradingError"
             line = _failing_line(e, filename, source)

@@ -51,7 +51,7 @@ LABEL = 40  # characters of a student id or hint on a plot axis
 _ERROR_TYPE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Failed|Failure|Exit|Interrupt)): (.*)\Z", re.S)
 _EXERCISE = re.compile(r"^([A-Za-z_]\w*): (.*)\Z", re.S)
 _CASE = re.compile(r"\s+failing case:\s*(.*)\Z", re.S)
-_COUNT = re.compile(r"\s*\(\d+ of \d+ cases? failed\)\s*\Z")
+_COUNT = re.compile(r"\s*\(\d+ of \d+ cases? failed\)")
 _RAISED = re.compile(r"^(your function raised [A-Za-z_][\w.]*)(?::.*)?\Z", re.S)
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TIMEOUT = re.compile(r"exceeded \d+(?:\.\d+)? s and was|time limit|ran past", re.I)
@@ -164,6 +164,8 @@ def misconceptions(rows: list[gradebook.Row], scrub=str) -> list[Misconception]:
             gid, points, max_points, status, message = _test(t)
             if status in ("ok", "timeout", "not run") or (max_points > 0 and points >= max_points):
                 continue
+            if not_attempted(message):
+                continue  # an exercise left undone is not a misconception (a card counts those students)
             exercise, hint, case, truncated = parse_message(scrub(message), gid)
             failures.append(Failure(r.student_id, gid, exercise, hint, normalise(hint), case, truncated))
     # a message cut at 300 characters groups with the full wording it starts with
@@ -187,6 +189,15 @@ def misconceptions(rows: list[gradebook.Row], scrub=str) -> list[Misconception]:
         if f.case and f.case not in g.cases and len(g.cases) < MAX_CASES:
             g.cases.append(f.case)
     return sorted(groups.values(), key=lambda g: (-len(g.students), g.exercise, g.key))
+
+
+_UNDONE = re.compile(r"not implemented yet|^NotImplementedError\b|^NameError: name '[^']+' is not defined")
+
+
+def not_attempted(message: str) -> bool:
+    """A failure that says the exercise was not done at all: the stub's NotImplementedError, the
+    checker's "not implemented yet", or the exercise's name never defined."""
+    return bool(_UNDONE.search(_one_line(message)))
 
 
 def _test(t) -> tuple[str, float, float, str, str]:
@@ -443,7 +454,8 @@ def render(assignment: str, rows: list[gradebook.Row], source=None, scrub=str) -
              ("mean score", f"{_fmt(mean)} / {max_score:g}" if scores else "-"),
              ("median score", f"{_fmt(statistics.median(scores))}" if scores else "-"),
              ("full marks", f"{sum(s >= max_score for s in scores) if max_score else 0}"),
-             ("late", len(late)), ("timed out", len(slow))]
+             ("late", len(late)), ("timed out", len(slow)),
+             ("left an exercise undone", sum(any(not_attempted(_test(t)[4]) for t in r.tests) for r in graded))]
     parts.append("<div class=\"cards\">" + "".join(
         f"<div class=\"card\" data-stat=\"{_e(k)}\"><b>{_e(v)}</b>{_e(k)}</div>" for k, v in cards) + "</div>")
 

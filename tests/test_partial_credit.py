@@ -38,10 +38,11 @@ def test_under_the_grader_every_case_runs_and_the_fraction_is_counted():
     failed = err.value
     assert 0 < failed.passed < failed.total and reports == [("softmax", failed.passed, failed.total)]
     assert "cases failed" in str(failed)
-    # the first line is still the first failing case's hint
+    # the first line is still the first failing case's hint, with the count after it
     with pytest.raises(AssertionError) as strict:
         check_softmax(unstable_softmax)
-    assert str(failed).splitlines()[0] == str(strict.value).splitlines()[0]
+    assert str(failed).splitlines()[0] == str(strict.value).splitlines()[0] + \
+        f" ({failed.total - failed.passed} of {failed.total} cases failed)"
 
 
 def test_a_correct_function_reports_every_case_passed():

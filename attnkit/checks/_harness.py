@@ -200,7 +200,9 @@ class Checker:
         if self.failures:
             ok = total - len(self.failures)
             REPORTS.append((self.name, ok, total))
-            raise CheckFailed(f"{self.failures[0]}\n  ({len(self.failures)} of {total} cases failed)", ok, total)
+            first, _, rest = self.failures[0].partition("\n")
+            count = f" ({len(self.failures)} of {total} cases failed)"
+            raise CheckFailed(first + count + (f"\n{rest}" if rest else ""), ok, total)
         REPORTS.append((self.name, total, total))
         line = f"check_{self.name} passed: {self.cases} cases ({covered})"
         print(line)
