@@ -214,10 +214,23 @@ class PageErrors(list):
 
 
 @pytest.fixture(scope="session")
-def browser_page(lab, tmp_path_factory):
-    """One Chromium page with Lab loaded; a fresh profile in a temporary folder."""
+def pw_session():
+    """The one Playwright of this process (its sync API cannot run twice in one process)."""
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
     pw = sync_playwright().start()
+    try:
+        yield pw
+    finally:
+        pw.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_page(lab, tmp_path_factory, pw_session):
+    """One Chromium page with Lab loaded; a fresh profile in a temporary folder."""
+    pw = pw_session
     context = None
     try:
         context = pw.chromium.launch_persistent_context(
@@ -237,7 +250,6 @@ def browser_page(lab, tmp_path_factory):
     finally:
         if context is not None:
             context.close()
-        pw.stop()
 
 
 _SESSION_START = time.time()

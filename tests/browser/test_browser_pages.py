@@ -30,22 +30,15 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium with apt-get)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed (requirements.txt pins it)")
-    pw = sync_playwright().start()
+def chromium(pw_session):
+    """A Chromium of its own (no Lab), from the session's one Playwright (conftest.py)."""
     browser = None
     try:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = pw_session.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield browser
     finally:
         if browser is not None:
             browser.close()
-        pw.stop()
 
 
 class Opened:
