@@ -251,6 +251,51 @@ def count_launches():
             cls.run = original
 
 
+class Watcher:
+    """Watching one more thing about *how* a call computes (a checker's own kind of watch: tile
+    shapes, a compile check). Subclass it: ``start()``/``stop()`` bracket the call, ``report()``
+    returns what was seen as plain data, ``absorb(report)`` takes a report in. Locally the
+    watcher watches directly (``with Watcher(...) as w:``). Under the grader the examiner sends
+    ``params()`` with the class's ``module:qualname``; the learner's kernel re-creates it with
+    ``cls(**params)`` around the call, and its ``report()`` comes back to the examiner's
+    ``absorb()``. Like the ban, a teaching aid: the kernel could forge a report."""
+
+    def params(self) -> dict:
+        return {}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def report(self) -> dict:
+        return {}
+
+    def absorb(self, report: dict) -> None:
+        pass
+
+    def __enter__(self):
+        ACTIVE.append(self)
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self in ACTIVE:
+            ACTIVE.remove(self)
+        self.stop()
+        return False
+
+    def remote_spec(self) -> dict:
+        return {"watcher": [qualified(type(self)), self.params()]}
+
+    def remote_report(self, observed: dict) -> None:
+        reports = observed.get("watchers")
+        index = getattr(self, "_remote_index", None)
+        if isinstance(reports, list) and index is not None and index < len(reports) and isinstance(reports[index], dict):
+            self.absorb(reports[index])
+
+
 def remote_observe() -> dict:
     """What the active watchers ask a remote kernel to observe around the next call."""
     spec: dict = {}
@@ -260,6 +305,9 @@ def remote_observe() -> dict:
             spec.setdefault("bans", []).append(part["ban"])
         if part.get("launches"):
             spec["launches"] = True
+        if "watcher" in part:
+            watcher._remote_index = len(spec.setdefault("watchers", []))
+            spec["watchers"].append(part["watcher"])
     return spec
 
 
@@ -271,6 +319,18 @@ def remote_report(observed: dict) -> None:
         watcher.remote_report(observed)
 
 
+def _watcher_from_spec(entry) -> Watcher | None:
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):
+        return None
+    cls = resolve(str(entry[0]))
+    if not (isinstance(cls, type) and issubclass(cls, Watcher)):
+        return None
+    try:
+        return cls(**entry[1])
+    except Exception:  # noqa: BLE001 - a watcher that cannot be made here watches nothing
+        return None
+
+
 @contextlib.contextmanager
 def observing(spec: dict):
     """In the learner's kernel: watch one call as ``spec`` (from :func:`remote_observe`) asks.
@@ -279,6 +339,10 @@ def observing(spec: dict):
     with contextlib.ExitStack() as stack:
         spies = [stack.enter_context(Spy(ban_from_spec(b))) for b in (spec.get("bans") or ()) if isinstance(b, dict)]
         launches = stack.enter_context(count_launches()) if spec.get("launches") else None
+        watchers = [_watcher_from_spec(e) for e in (spec.get("watchers") or ())[:16]]
+        for w in watchers:
+            if w is not None:
+                stack.enter_context(w)
         try:
             yield observed
         finally:
@@ -287,3 +351,15 @@ def observing(spec: dict):
                 observed["banned"] = sorted(set(banned))
             if launches is not None:
                 observed["launches"] = list(launches)
+            if watchers:
+                observed["watchers"] = [_plain_report(w) for w in watchers]
+
+
+def _plain_report(w) -> dict:
+    if w is None:
+        return {}
+    try:
+        report = w.report()
+    except Exception:  # noqa: BLE001
+        return {}
+    return report if isinstance(report, dict) else {}

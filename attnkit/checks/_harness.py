@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .._remote import InputChanged
-from .._spy import Ban, KwargTrue, Spy, paused  # noqa: F401 - re-exported for the checkers
+from .._spy import Ban, KwargTrue, Spy, Watcher, paused  # noqa: F401 - re-exported for the checkers
 
 TOLERANCE = {
     # Learner code runs on float32 inputs and is compared with a float64 reference. A plain
@@ -72,6 +72,19 @@ _PARTIAL = [0]
 REPORTS: list[tuple[str, int, int]] = []
 
 
+class CheckResult(str):
+    """A checker's success line, which also says which cases passed (``cases``: their labels)."""
+
+    def __new__(cls, line: str, cases=()):
+        obj = super().__new__(cls, line)
+        obj.cases = list(cases)
+        return obj
+
+    @property
+    def passed(self) -> int:
+        return len(self.cases)
+
+
 class CheckFailed(AssertionError):
     """A checker's verdict with its count: ``passed`` of ``total`` cases."""
 
@@ -102,6 +115,7 @@ class Checker:
         self.cases = 0
         self.groups = 0  # cases run under case()
         self.failures: list[str] = []
+        self.labels: list[str] = []  # the cases that passed
 
     @contextlib.contextmanager
     def case(self, label: str):
@@ -114,6 +128,8 @@ class Checker:
             if not _PARTIAL[0] or "not implemented yet" in str(e):
                 raise
             self.failures.append(str(e))
+        else:
+            self.labels.append(str(label))
 
     def fail(self, case: str, message: str) -> None:
         raise AssertionError(f"{self.name}: {message}\n  failing case: {case}")
@@ -206,7 +222,7 @@ class Checker:
         REPORTS.append((self.name, total, total))
         line = f"check_{self.name} passed: {self.cases} cases ({covered})"
         print(line)
-        return line
+        return CheckResult(line, self.labels)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, tol: dict | None) -> bool:
