@@ -12,10 +12,7 @@ from attnkit import checks
 from attnkit.checks import CHECKS
 
 # ---------------------------------------------------------------- correct, written differently
-
-
-def dot_einsum(q, k):
-    return torch.einsum("...id,...jd->...ij", q, k)
+# (exercises with a mutant library, tests/library_*.py, keep their correct styles there)
 
 
 def softmax_loopish(x, dim=-1):
@@ -25,52 +22,8 @@ def softmax_loopish(x, dim=-1):
     return torch.where(s == 0, torch.zeros_like(e), e / s)
 
 
-def softmax_logsumexp(x, dim=-1):
-    lse = torch.logsumexp(x, dim, keepdim=True)
-    return torch.nan_to_num(torch.exp(x - lse), nan=0.0)
-
-
-def sdpa_einsum(q, k, v, mask=None):
-    s = torch.einsum("...id,...jd->...ij", q, k) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        s = torch.where(mask, s, torch.tensor(float("-inf"), dtype=s.dtype))
-    w = softmax_loopish(s, -1)
-    return torch.einsum("...ij,...jd->...id", w, v), w
-
-
-def sdpa_using_torch_softmax(q, k, v, mask=None):
-    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    w = torch.softmax(s, -1).nan_to_num(0.0)  # softmax is fair game once it has been taught
-    return w @ v, w
-
-
 def causal_tril(n_q, n_k):
     return torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
-
-
-def padding_compare(lengths, n):
-    return torch.arange(n).expand(len(lengths), n) < lengths.unsqueeze(-1)
-
-
-def split_unflatten(x, n_heads):
-    return x.unflatten(-1, (n_heads, -1)).permute(0, 2, 1, 3)
-
-
-def merge_flatten(x):
-    return x.permute(0, 2, 1, 3).flatten(-2)
-
-
-def mha_with_learner_parts(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (split_unflatten(F.linear(x, w), n_heads) for w in (w_q, w_k, w_v))
-    out, _ = attnkit.scaled_dot_product_attention(q, k, v, mask)  # earlier concepts from attnkit are allowed
-    return F.linear(merge_flatten(out), w_o)
-
-
-def mha_with_torch_sdpa(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
-    return merge_flatten(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)) @ w_o.T
 
 
 def sinusoid_vectorised(n, d):
@@ -133,14 +86,6 @@ def gqa_with_repeat_and_attnkit(q, k, v, is_causal=False):
 
 
 CORRECT = {
-    "dot_product_scores": [dot_einsum],
-    "softmax": [softmax_loopish, softmax_logsumexp],
-    "scaled_dot_product_attention": [sdpa_einsum, sdpa_using_torch_softmax],
-    "causal_mask": [causal_tril],
-    "padding_mask": [padding_compare],
-    "split_heads": [split_unflatten],
-    "merge_heads": [merge_flatten],
-    "multi_head_attention": [mha_with_learner_parts, mha_with_torch_sdpa],
     "sinusoidal_positions": [sinusoid_vectorised],
     "apply_rope": [rope_complex],
     "alibi_bias": [alibi_loop],
@@ -156,8 +101,10 @@ def test_every_exercise_has_a_checker_and_correct_alternatives():
     from test_triton_softmax import CORRECT as TRITON_SOFTMAX
     from test_modern_checks import CORRECT as MODERN
     from test_beyond_checks import CORRECT as BEYOND
-    assert set(CHECKS) == set(CORRECT) | {name for name, _ in EFFICIENT + TRITON_SOFTMAX + TRITON_FLASH + MODERN + BEYOND
-                                          if name in CHECKS}
+    from library import libraries
+    in_libraries = {e.name for e in libraries() if e.correct}
+    assert set(CHECKS) == (set(CORRECT) | in_libraries | {name for name, _ in EFFICIENT + TRITON_SOFTMAX + TRITON_FLASH
+                                                          + MODERN + BEYOND if name in CHECKS}) & set(CHECKS)
     for name, checker in CHECKS.items():
         assert checker is getattr(checks, f"check_{name}")
         assert callable(getattr(attnkit, name))
@@ -241,50 +188,6 @@ def _stub(*args, **kwargs):
     raise NotImplementedError
 
 
-def dot_transposed(q, k):
-    return k @ q.transpose(-2, -1)
-
-
-def dot_scaled(q, k):
-    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-
-
-def dot_cosine(q, k):
-    return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-
-
-def dot_dot_T(q, k):
-    return q @ k.transpose(*range(k.ndim - 1, -1, -1))  # what k.T does: reverse every dimension
-
-
-def softmax_naive(x, dim=-1):
-    e = torch.exp(x)
-    return e / e.sum(dim, keepdim=True)
-
-
-def softmax_ignores_dim(x, dim=-1):
-    return softmax_loopish(x, -1)
-
-
-def softmax_global_max(x, dim=-1):
-    e = torch.exp(x - x.max())
-    return e / e.sum(dim, keepdim=True)
-
-
-def softmax_no_normalise(x, dim=-1):
-    return torch.exp(x - x.amax(dim, keepdim=True))
-
-
-def softmax_nan_on_masked_rows(x, dim=-1):
-    e = torch.exp(x - x.amax(dim, keepdim=True))
-    return e / e.sum(dim, keepdim=True)
-
-
-def softmax_in_place(x, dim=-1):
-    x -= x.amax(dim, keepdim=True).nan_to_num(neginf=0.0)
-    return softmax_loopish(x, dim)
-
-
 def _attn(q, k, v, mask, scale, softmax_dim=-1, mask_after=False, fill=float("-inf"), invert=False):
     s = q @ k.transpose(-2, -1) * scale
     if mask is not None and invert:
@@ -297,119 +200,8 @@ def _attn(q, k, v, mask, scale, softmax_dim=-1, mask_after=False, fill=float("-i
     return w @ v, w
 
 
-def sdpa_no_scale(q, k, v, mask=None):
-    return _attn(q, k, v, mask, 1.0)
-
-
-def sdpa_query_axis(q, k, v, mask=None):
-    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, softmax_dim=-2)
-
-
-def sdpa_mask_after(q, k, v, mask=None):
-    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, mask_after=True)
-
-
-def sdpa_inverted_mask(q, k, v, mask=None):
-    return _attn(q, k, v, mask, q.shape[-1] ** -0.5, invert=True)
-
-
-def sdpa_big_negative(q, k, v, mask=None):
-    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        s = s.masked_fill(~mask, -1e9)
-    w = softmax_loopish(s)
-    return w @ v, w
-
-
-def sdpa_scale_by_d(q, k, v, mask=None):
-    return _attn(q, k, v, mask, 1 / q.shape[-1])
-
-
-def sdpa_only_output(q, k, v, mask=None):
-    return _attn(q, k, v, mask, q.shape[-1] ** -0.5)[0]
-
-
-def sdpa_scale_by_value_dim(q, k, v, mask=None):
-    return _attn(q, k, v, mask, v.shape[-1] ** -0.5)
-
-
 def causal_top_left(n_q, n_k):
     return torch.ones(n_q, n_k, dtype=torch.bool).tril()
-
-
-def causal_inverted(n_q, n_k):
-    return ~causal_tril(n_q, n_k)
-
-
-def causal_strict(n_q, n_k):
-    return torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q - 1)
-
-
-def causal_float(n_q, n_k):
-    return torch.ones(n_q, n_k).tril(diagonal=n_k - n_q)
-
-
-def padding_inverted(lengths, n):
-    return torch.arange(n)[None] >= lengths[:, None]
-
-
-def padding_off_by_one(lengths, n):
-    return torch.arange(n)[None] <= lengths[:, None]
-
-
-def padding_transposed(lengths, n):
-    return (torch.arange(n)[None] < lengths[:, None]).T
-
-
-def split_straight_reshape(x, n_heads):
-    B, N, D = x.shape
-    return x.reshape(B, n_heads, N, D // n_heads)
-
-
-def split_strided(x, n_heads):
-    B, N, D = x.shape
-    return x.reshape(B, N, D // n_heads, n_heads).permute(0, 3, 1, 2)
-
-
-def split_no_transpose(x, n_heads):
-    B, N, D = x.shape
-    return x.reshape(B, N, n_heads, D // n_heads)
-
-
-def merge_straight_reshape(x):
-    B, H, N, d = x.shape
-    return x.reshape(B, N, H * d)
-
-
-def merge_wrong_order(x):
-    B, H, N, d = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, N, H * d)
-
-
-def merge_keeps_heads(x):
-    return x.transpose(1, 2)
-
-
-def mha_no_transpose(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return mha_with_learner_parts(x, w_q.T, w_k.T, w_v.T, w_o.T, n_heads, mask)
-
-
-def mha_no_out_proj(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
-    return merge_flatten(attnkit.scaled_dot_product_attention(q, k, v, mask)[0])
-
-
-def mha_scale_by_model_dim(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (split_unflatten(x @ w.T, n_heads) for w in (w_q, w_k, w_v))
-    d, D = q.shape[-1], x.shape[-1]
-    out, _ = attnkit.scaled_dot_product_attention(q * math.sqrt(d / D), k, v, mask)
-    return merge_flatten(out) @ w_o.T
-
-
-def mha_single_head(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    q, k, v = (x @ w.T for w in (w_q, w_k, w_v))
-    m = None if mask is None else mask.any(1) if mask.ndim == 4 else mask
-    return attnkit.scaled_dot_product_attention(q, k, v, m)[0] @ w_o.T
 
 
 def sinusoid_swapped_simple(n, d):
@@ -541,42 +333,7 @@ def gqa_no_scale(q, k, v, is_causal=False):
 
 WRONG = [
     # (exercise, wrong implementation, words the hint must contain)
-    ("dot_product_scores", dot_transposed, "transposed"),
-    ("dot_product_scores", dot_scaled, "unscaled"),
-    ("dot_product_scores", dot_cosine, "cosine"),
-    ("dot_product_scores", dot_dot_T, "transpose(-2, -1)"),
     ("dot_product_scores", _stub, "not implemented"),
-    ("softmax", softmax_naive, "numerically stable"),
-    ("softmax", softmax_ignores_dim, "wrong axis"),
-    ("softmax", softmax_global_max, "maximum of each row"),
-    ("softmax", softmax_no_normalise, "sum to 1"),
-    ("softmax", softmax_nan_on_masked_rows, "all -inf row"),
-    ("softmax", softmax_in_place, "in place"),
-    ("scaled_dot_product_attention", sdpa_no_scale, "sqrt(d)"),
-    ("scaled_dot_product_attention", sdpa_query_axis, "query axis"),
-    ("scaled_dot_product_attention", sdpa_mask_after, "after the softmax"),
-    ("scaled_dot_product_attention", sdpa_inverted_mask, "True means"),
-    ("scaled_dot_product_attention", sdpa_big_negative, "fully masked row"),
-    ("scaled_dot_product_attention", sdpa_scale_by_d, "divided the scores by d"),
-    ("scaled_dot_product_attention", sdpa_only_output, "(out, weights)"),
-    ("scaled_dot_product_attention", sdpa_scale_by_value_dim, "not v's"),
-    ("causal_mask", causal_top_left, "top left"),
-    ("causal_mask", causal_inverted, "inverted"),
-    ("causal_mask", causal_strict, "diagonal"),
-    ("causal_mask", causal_float, "bool"),
-    ("padding_mask", padding_inverted, "inverted"),
-    ("padding_mask", padding_off_by_one, "off by one"),
-    ("padding_mask", padding_transposed, "transposed"),
-    ("split_heads", split_straight_reshape, "transpose(1, 2)"),
-    ("split_heads", split_strided, "contiguous block"),
-    ("split_heads", split_no_transpose, "move the head axis"),
-    ("merge_heads", merge_straight_reshape, "transpose(1, 2) first"),
-    ("merge_heads", merge_wrong_order, "contiguous block"),
-    ("merge_heads", merge_keeps_heads, "shape"),
-    ("multi_head_attention", mha_no_transpose, "x @ w.T"),
-    ("multi_head_attention", mha_no_out_proj, "output projection"),
-    ("multi_head_attention", mha_scale_by_model_dim, "1/sqrt(d)"),
-    ("multi_head_attention", mha_single_head, "single-head"),
     ("sinusoidal_positions", sinusoid_swapped_simple, "swapped"),
     ("sinusoidal_positions", sinusoid_i_over_d, "2i/d"),
     ("sinusoidal_positions", sinusoid_concatenated, "interleaved"),
@@ -610,6 +367,10 @@ def test_every_checker_has_at_least_three_known_wrong_implementations():
     from test_beyond_checks import WRONG as BEYOND_WRONG
     everything = WRONG + EFFICIENT_WRONG + TRITON_SOFTMAX_WRONG + TRITON_FLASH_WRONG + MODERN_WRONG + BEYOND_WRONG
     counts = {name: sum(1 for n, f, _ in everything if n == name and f is not _stub) for name in CHECKS}
+    from library import libraries
+    for exercise in libraries():
+        if exercise.name in counts:
+            counts[exercise.name] += len(exercise.mutants)
     assert min(counts.values()) >= 3, counts
 
 
