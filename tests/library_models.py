@@ -269,6 +269,10 @@ def rope_sequential_update(x, positions, theta=10000.0):
     return torch.stack((a, b), -1).flatten(-2)
 
 
+def rope_scales(x, positions, theta=10000.0):
+    return rope_stack(x, positions, theta) * 1.5  # a rotation that also stretches
+
+
 def rope_fixed_theta(x, positions, theta=10000.0):
     return rope_stack(x, positions)  # theta never used
 
@@ -318,6 +322,7 @@ ROPE = Exercise("apply_rope", check_apply_rope, [
     Mutant("rotated by minus the angle", rope_backwards, "minus the angle"),
     Mutant("frequency theta^(-i/d)", rope_i_over_d, "theta^(-2i/d)"),
     Mutant("second component from the rotated first", rope_sequential_update, "already rotated"),
+    Mutant("rotation that also stretches", rope_scales, "length"),
     Mutant("theta ignored", rope_fixed_theta, "theta"),
     Mutant("token index instead of positions", rope_token_index, "positions you were given"),
     Mutant("float32 for float64 input", rope_returns_float32, "x's dtype"),

@@ -1,7 +1,7 @@
 """Ring attention over torch.distributed: spawned gloo ranks agree with single-device attention
 (outputs, log-sum-exps, gradients) for lengths the world size does not divide, causal or not,
-contiguous or zigzag; a failing, dying or stuck rank ends the run with an error naming it;
-the merge exercise's checker accepts sound variants and names the known mistakes.
+contiguous or zigzag; a failing, dying or stuck rank ends the run with an error naming it.
+(The merge exercise's checker and its known mistakes are in tests/library_models.py.)
 
 Spawning costs a fresh interpreter per rank, so each spawned run checks many cases at once.
 """
@@ -16,9 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import attnkit
-from attnkit import chunked
 from attnkit import distributed as D
-from attnkit.checks import NOTEBOOK_CHECKS
 
 # --------------------------------------------------------------------------- an independent reference
 
@@ -266,86 +264,3 @@ def test_ring_explorer_steps_and_balances():
     assert e.state["done"].sum() == sum(D.ring_work(16, 4, "zigzag", True)[:2].sum(1)).item()
     import matplotlib.pyplot as plt
     plt.close(e.draw())
-
-
-# --------------------------------------------------------------------------- the merge checker
-
-
-def merge_ok(out_a, lse_a, out_b, lse_b):
-    m = torch.maximum(lse_a, lse_b)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    a, b = torch.exp(lse_a - m), torch.exp(lse_b - m)
-    s = a + b
-    out = (a[..., None] * out_a + b[..., None] * out_b) / torch.where(s > 0, s, 1.0)[..., None]
-    return out, m + torch.log(s)
-
-
-def merge_sigmoid(out_a, lse_a, out_b, lse_b):
-    """Weight of A = sigmoid(lse_a - lse_b), written without any max."""
-    both_empty = torch.isneginf(lse_a) & torch.isneginf(lse_b)
-    diff = torch.where(both_empty, torch.zeros_like(lse_a), lse_a - lse_b)
-    w = torch.sigmoid(diff)
-    out = torch.where(both_empty[..., None], 0.0, w[..., None] * out_a + (1 - w[..., None]) * out_b)
-    hi, lo = torch.maximum(lse_a, lse_b), torch.minimum(lse_a, lse_b)
-    lse = torch.where(both_empty, hi, hi + torch.log1p(torch.exp(lo - hi)))
-    return out, lse
-
-
-def merge_unsafe_empty(out_a, lse_a, out_b, lse_b):
-    m = torch.maximum(lse_a, lse_b)
-    a, b = torch.exp(lse_a - m), torch.exp(lse_b - m)
-    return (a[..., None] * out_a + b[..., None] * out_b) / (a + b)[..., None], m + torch.log(a + b)
-
-
-def merge_overflowing(out_a, lse_a, out_b, lse_b):
-    a, b = torch.exp(lse_a), torch.exp(lse_b)
-    s = torch.where(a + b > 0, a + b, 1.0)
-    return (a[..., None] * out_a + b[..., None] * out_b) / s[..., None], torch.log(a + b)
-
-
-def merge_base2(out_a, lse_a, out_b, lse_b):
-    m = torch.maximum(lse_a, lse_b)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    a, b = torch.exp2(lse_a - m), torch.exp2(lse_b - m)
-    s = torch.where(a + b > 0, a + b, 1.0)
-    return (a[..., None] * out_a + b[..., None] * out_b) / s[..., None], m + torch.log2(a + b)
-
-
-CORRECT = [merge_ok, merge_sigmoid]
-
-WRONG = [
-    (lambda oa, la, ob, lb: (merge_ok(oa, la, ob, lb)[0] * torch.where(
-        torch.isinf(torch.maximum(la, lb)), 1.0, (torch.exp(la - torch.maximum(la, lb)) +
-                                                  torch.exp(lb - torch.maximum(la, lb))))[..., None],
-        merge_ok(oa, la, ob, lb)[1]), "not divided by their sum"),
-    (lambda oa, la, ob, lb: ((oa + ob) / 2, merge_ok(oa, la, ob, lb)[1]), "plain average"),
-    (lambda oa, la, ob, lb: (merge_ok(oa, lb, ob, la)[0], merge_ok(oa, la, ob, lb)[1]), "swapped"),
-    (lambda oa, la, ob, lb: (merge_ok(oa, la, ob, lb)[0], torch.maximum(la, lb)), "not the larger"),
-    (lambda oa, la, ob, lb: (merge_ok(oa, la, ob, lb)[0], la + lb), "do not add"),
-    (merge_base2, "mixed log bases"),
-    (merge_unsafe_empty, "exp(-inf - (-inf)) is NaN"),
-    (merge_overflowing, "exp overflowed"),
-    (lambda oa, la, ob, lb: merge_ok(oa, la, ob, lb)[0], "(out, lse)"),
-    (lambda oa, la, ob, lb: (merge_ok(oa, la, ob, lb)[0], torch.logaddexp(la, lb)), "calls torch.logaddexp"),
-    (lambda oa, la, ob, lb: (torch.softmax(torch.stack([la, lb]), 0)[0, ..., None] * oa
-                             + torch.softmax(torch.stack([la, lb]), 0)[1, ..., None] * ob, la), "calls"),
-]
-
-
-@pytest.mark.parametrize("fn", CORRECT)
-def test_merge_checker_accepts(fn, capsys):
-    NOTEBOOK_CHECKS["merge_partials"](fn)
-    assert capsys.readouterr().out.startswith("check_merge_partials passed")
-
-
-@pytest.mark.parametrize("fn,words", WRONG)
-def test_merge_checker_rejects_with_hint(fn, words):
-    with pytest.raises(AssertionError) as info:
-        NOTEBOOK_CHECKS["merge_partials"](fn)
-    assert words in str(info.value).splitlines()[0], str(info.value)
-
-
-@pytest.mark.parametrize("reference_fn", [attnkit.merge_partials, chunked.merge_partials])
-def test_merge_checker_rejects_the_references(reference_fn):
-    with pytest.raises(AssertionError, match="calls"):
-        NOTEBOOK_CHECKS["merge_partials"](reference_fn)

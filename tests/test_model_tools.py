@@ -1,12 +1,10 @@
-"""Toy data, training, induction scores, streaming caches, KV memory arithmetic, and the
-notebook-07 checkers with their known-wrong implementations."""
+"""Toy data, training, induction scores, streaming caches and KV memory arithmetic. (The notebook-07
+checkers and their known-wrong implementations are in tests/library_models.py.)"""
 
 import pytest
 import torch
-from torch import nn
 
 import attnkit
-from attnkit.checks import check_decoder_block, check_induction_score
 from attnkit.data import predictable, repeated_sequences
 from attnkit.streaming import streaming_loss
 from attnkit.train import next_token_loss, tiny_model, train
@@ -69,69 +67,3 @@ def test_kv_cache_bytes_matches_allocated_memory():
     assert attnkit.kv_cache_bytes(1, 3, 8, 50, batch=2, bytes_per_value=2) == allocated == cache.nbytes
     # Llama-2-7B: 32 layers, 32 kv heads of 128, 4096 tokens, fp16 -> 2 GiB per sequence
     assert attnkit.kv_cache_bytes(32, 32, 128, 4096) == 2 * 2**30
-
-
-# ---- notebook-07 checkers: accepted and rejected implementations
-
-def _ind_ok(w, period):
-    N = w.shape[-1]
-    return torch.stack([torch.stack([w[:, h, i, i - period + 1] for i in range(period + 1, N)], 1).mean()
-                        for h in range(w.shape[1])])
-
-
-class _Block(nn.Module):
-    def __init__(self, cfg, post_norm=False, causal=True, residual=True):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rope=cfg.positions == "rope")
-        self.mlp = attnkit.MLP(cfg.d_model, cfg.d_mlp or 4 * cfg.d_model)
-        self.post_norm, self.causal, self.residual = post_norm, causal, residual
-
-    def forward(self, x):
-        if self.post_norm:
-            x = self.ln1(x + self.attn(x, is_causal=True))
-            return self.ln2(x + self.mlp(x))
-        a = self.attn(self.ln1(x), is_causal=self.causal)
-        x = x + a if self.residual else a
-        m = self.mlp(self.ln2(x))
-        return x + m if self.residual else m
-
-
-def test_notebook_checkers_accept_correct_code(capsys):
-    check_induction_score(_ind_ok)
-    check_decoder_block(_Block)
-    assert capsys.readouterr().out.count("passed") == 2
-
-
-@pytest.mark.parametrize("fn,words", [
-    (lambda w, p: w[:, :, torch.arange(p + 1, w.shape[-1]), torch.arange(p + 1, w.shape[-1]) - p].mean((0, 2)),
-     "off by one"),
-    (lambda w, p: w[:, :, torch.arange(1, w.shape[-1]), torch.arange(0, w.shape[-1] - 1)].mean((0, 2)), "previous-token"),
-    (lambda w, p: w[:, :, torch.arange(p + 1, w.shape[-1]), torch.arange(2, w.shape[-1] - p + 1)].mean((1, 2)), "shape (H,)"),
-    (attnkit.induction_score, "calls"),
-])
-def test_induction_checker_rejects(fn, words):
-    with pytest.raises(AssertionError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        check_induction_score(fn)
-
-
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(post_norm=True), "post-norm"), (dict(causal=False), "not causal"), (dict(residual=False), "residual"),
-])
-def test_block_checker_rejects(kwargs, words):
-    with pytest.raises(AssertionError, match=words):
-        check_decoder_block(lambda cfg: _Block(cfg, **kwargs))
-
-
-def test_block_checker_rejects_the_reference_and_misnamed_parts():
-    with pytest.raises(AssertionError, match="calls"):
-        check_decoder_block(attnkit.Block)
-
-    class Renamed(_Block):
-        def __init__(self, cfg):
-            super().__init__(cfg)
-            self.norm1 = self.ln1
-            del self.ln1
-
-    with pytest.raises(AssertionError, match="no ln1"):
-        check_decoder_block(Renamed)
