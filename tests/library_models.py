@@ -437,7 +437,7 @@ ALIBI = Exercise("alibi_bias", check_alibi_bias, [
     Mutant("signed distance", alibi_signed, "absolute distance"),
     Mutant("slopes from h = 0 (first slope 1)", alibi_h_from_zero, "h + 1"),
     Mutant("the 8-head slopes 1/2, 1/4, ... for every H", alibi_eight_head_slopes, "number of heads"),
-    Mutant("shape (n_q, n_k, H)", alibi_heads_last, "heads first"),
+    Mutant("shape (n_q, n_k, H)", alibi_heads_last, "heads come first"),
     Mutant("keys as rows (H, n_k, n_q)", alibi_query_key_swapped, "rows are queries"),
     Mutant("returns float64", alibi_float64, "float32"),
     Mutant("calls attnkit.alibi_bias", attnkit.alibi_bias, "calls"),
