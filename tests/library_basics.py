@@ -190,6 +190,14 @@ def softmax_max_last_axis(x, dim=-1):
     return e / torch.where(s == 0, torch.ones_like(s), s)
 
 
+def softmax_2d_only(x, dim=-1):
+    if dim in (0, -2):  # a matrix: softmax over columns = softmax over rows of x.T
+        return softmax_2d_only(x.T, 1).T
+    m = x.amax(1, keepdim=True).nan_to_num(neginf=0.0)
+    e = torch.exp(x - m)
+    return e / e.sum(1, keepdim=True).clamp_min(1e-30)
+
+
 def softmax_returns_float64(x, dim=-1):
     return _softmax(x.double(), dim)
 
@@ -766,6 +774,7 @@ EXERCISES = [
         Mutant("max and sum without keepdim", softmax_no_keepdim, "keepdim=True"),
         Mutant("x.max(dim) used as a tensor (it is (values, indices))", softmax_max_tuple, "amax"),
         Mutant("max over the last axis while summing over dim", softmax_max_last_axis, "the same axis"),
+        Mutant("written for matrices: rows along axis 1, x.T for dim=0", softmax_2d_only, "any number of axes"),
         Mutant("computed in float64, never cast back", softmax_returns_float64, "cast back"),
         Mutant("x - logsumexp: log-probabilities", softmax_log, "log-probabilities"),
         Mutant("divided by the sum of the whole tensor", softmax_whole_tensor_sum, "whole tensor"),

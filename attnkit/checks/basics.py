@@ -188,8 +188,11 @@ def check_softmax(fn) -> str:
     ]
     for label, x, dim in cases:
         with c.case(label):
-            got = c.call(label, x, if_raises=KEEPDIM_HINT) if dim is None else \
-                c.call(label, x, dim, if_raises=KEEPDIM_HINT)
+            if_raises = KEEPDIM_HINT if x.ndim in (2, 3) else (
+                f"softmax must work for any number of axes (this x is {x.ndim}-D): reduce along dim "
+                f"(x.amax(dim, keepdim=True), e.sum(dim, keepdim=True)), not along a fixed axis such as 1, "
+                f"and do not assume a matrix (x.T)")
+            got = c.call(label, x, if_raises=if_raises) if dim is None else c.call(label, x, dim, if_raises=if_raises)
             dim = -1 if dim is None else dim
             axis = dim % x.ndim
             want = _ref_softmax(x, dim)
