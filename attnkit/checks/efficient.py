@@ -1,29 +1,245 @@
 """Checkers for notebook 09: online softmax, FlashAttention forward and backward, sliding
-windows, linear attention."""
+windows, linear attention.
+
+Besides the values, two watchers see *how* the learner's function computes (teaching aids,
+like the shortcut ban): :class:`RowReductions` notices an online softmax that reduces whole
+rows at once (``block_size`` ignored), and :class:`ScoreTiles` records the shapes of the score
+tiles a FlashAttention forward builds (``block_q`` / ``block_k`` ignored or swapped) and
+whether it computed a tile that lies entirely in the causal future (a tile it should skip).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode, resolve_name
 
-from .. import flash, linear, masks
+from .. import _spy, chunked, flash, linear, masks
+from ..attention import scaled_dot_product_attention as reference_attention
 from ..online_softmax import online_softmax as reference_online_softmax
-from ._harness import Ban, Checker, gen, randn
+from ._harness import Ban, Checker, Watcher, _close, fmt_shape, gen, paused, randn
 from .basics import ATTENTION_ATEN, ATTENTION_FUNCTIONS, SOFTMAX_ATEN, SOFTMAX_FUNCTIONS, reference_softmax
 
+# The online softmax exercise says torch.logsumexp is off limits (it is the normaliser being taught).
+# FlashAttention may use it: a tile's log-sum-exp merged with torch.logaddexp is an exact tiled
+# forward, and the full-matrix ban still refuses a log-sum-exp of the whole score matrix.
 NORMALISERS = {**SOFTMAX_FUNCTIONS, "torch.logsumexp": None, "torch.Tensor.logsumexp": None}
 
 
-def _naive(q, k, v, causal, base=math.e):
-    q, k, v = q.double(), k.double(), v.double()
-    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if causal:
-        s = s.masked_fill(~masks.causal_mask(q.shape[-2], k.shape[-2]), float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    w = reference_softmax(s, -1)
-    return w @ v, lse / math.log(base)
+# ---------------------------------------------------------------- watchers
+
+class _TorchWatcher(Watcher):
+    """A watcher that sees every torch call of the watched function (``see``)."""
+
+    _mode = None
+
+    def see(self, name: str, args, kwargs, result) -> None:  # pragma: no cover - overridden
+        pass
+
+    def start(self) -> None:
+        watcher = self
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                result = func(*args, **kwargs)
+                if not _spy._PAUSE[0]:
+                    with paused():  # what the watcher itself computes is not the learner's
+                        try:
+                            watcher.see(resolve_name(func) or getattr(func, "__name__", ""), args, kwargs, result)
+                        except Exception:  # noqa: BLE001 - a watcher never breaks the call it watches
+                            pass
+                return result
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+
+    def stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+
+_REDUCTIONS = {"amax", "amin", "max", "min", "sum", "nansum", "logsumexp", "mean", "prod"}
+
+
+def _reduced_lengths(name: str, args, kwargs) -> list[int]:
+    """The lengths of the axes a reduction call reduces over ([] for anything else)."""
+    if name.rsplit(".", 1)[-1] not in _REDUCTIONS or not args or not isinstance(args[0], torch.Tensor):
+        return []
+    t = args[0]
+    if "other" in kwargs:
+        return []
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise, not a reduction
+        return []
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        return list(t.shape)
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return [int(t.shape[int(i)]) for i in dims]
+
+
+class RowReductions(_TorchWatcher):
+    """Counts reductions (max, sum, ...) over an axis of length ``n``: the whole row of an
+    online softmax, which should be read ``block_size`` entries at a time."""
+
+    def __init__(self, n: int = 0, calls=None, count: int = 0):
+        self.n, self.calls, self.count = int(n), list(calls or []), int(count)
+
+    def params(self) -> dict:
+        return {"n": self.n}
+
+    def see(self, name, args, kwargs, result) -> None:
+        if self.n in _reduced_lengths(name, args, kwargs):
+            self.count += 1
+            if name not in self.calls and len(self.calls) < 5:
+                self.calls.append(name)
+
+    def report(self) -> dict:
+        return {"count": self.count, "calls": self.calls}
+
+    def absorb(self, report: dict) -> None:
+        self.count += int(report.get("count", 0) or 0)
+        for name in list(report.get("calls") or ())[:5]:
+            if str(name) not in self.calls:
+                self.calls.append(str(name)[:80])
+
+
+# Results that are all -inf by construction, not because a tile of scores was masked.
+_CREATION = {"full", "full_like", "new_full", "empty", "empty_like", "new_empty", "zeros", "zeros_like", "new_zeros",
+             "ones", "ones_like", "new_ones", "tensor", "as_tensor", "clone", "detach", "contiguous", "to", "double",
+             "float", "type", "__get__", "expand", "expand_as"}
+_MASKED = -1e4  # scores of a few units at most: anything this low is a mask value
+
+
+class ScoreTiles(_TorchWatcher):
+    """The tiles a tiled attention builds: every floating result whose last two sizes are both
+    outside ``other_sizes`` (the head dims, the leading dims and their products, 1) counts as a
+    tile of scores or weights. Records their ``(rows, columns)`` and how many came out entirely
+    masked (all ``-inf``): a tile every query of its block has in its future, to be skipped."""
+
+    def __init__(self, other_sizes=(), shapes=None, masked: int = 0):
+        self.other = {int(s) for s in other_sizes}
+        self.shapes = {tuple(int(x) for x in s) for s in (shapes or ())}
+        self.masked = int(masked)
+
+    def params(self) -> dict:
+        return {"other_sizes": sorted(self.other)}
+
+    def see(self, name, args, kwargs, result) -> None:
+        if not (isinstance(result, torch.Tensor) and result.ndim >= 2 and result.is_floating_point()):
+            return
+        rows, cols = int(result.shape[-2]), int(result.shape[-1])
+        if rows in self.other or cols in self.other:
+            return
+        if len(self.shapes) < 64:
+            self.shapes.add((rows, cols))
+        if name.rsplit(".", 1)[-1] not in _CREATION and result.numel() and bool((result.detach() <= _MASKED).all()):
+            self.masked += 1
+
+    def report(self) -> dict:
+        return {"shapes": sorted([list(s) for s in self.shapes]), "masked": self.masked}
+
+    def absorb(self, report: dict) -> None:
+        for s in list(report.get("shapes") or ())[:64]:
+            if isinstance(s, (list, tuple)) and len(s) == 2:
+                self.shapes.add((int(s[0]), int(s[1])))
+        self.masked += int(report.get("masked", 0) or 0)
+
+
+def _other_sizes(lead, *dims) -> list[int]:
+    """Sizes that are not tile sizes: 1, the head dims, every product of leading dims."""
+    sizes = {1, *dims}
+    for r in range(1, len(lead) + 1):
+        for combo in itertools.combinations(lead, r):
+            sizes.add(math.prod(combo))
+    return sorted(sizes)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _leading(shape, what: str = "q, k and v",
+             how: str = "use .shape[-2:] for the sizes and index blocks with [..., a:b, :]") -> str:
+    shape = "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+    return (f"{what} may have any number of leading dimensions, here {shape}: "
+            f"do not unpack a fixed number of dimensions; {how}")
+
+
+def _check(c: Checker, label: str, got, want: torch.Tensor, *, what: str, dtype: torch.dtype,
+           wrong=lambda: [], lead: str = "") -> None:
+    """``c.expect`` with the known mistakes computed only when the answer is wrong, and hints for
+    a wrong dtype and for a shape that says the function assumed a fixed number of dimensions."""
+    if isinstance(got, torch.Tensor):
+        g = got.detach().cpu()
+        if g.shape == want.shape and g.dtype == dtype and _close(g, want, None):
+            return
+        candidates = list(wrong())
+        if g.shape != want.shape and not any(w.shape == g.shape and _close(g, w, None) for w, _ in candidates):
+            note = f" ({lead})" if lead else ""
+            c.fail(label, f"wrong shape for the {what}: got {fmt_shape(g)}, expected {fmt_shape(want)}{note}")
+        if g.shape == want.shape and g.dtype != dtype:
+            c.fail(label, f"the {what} is {g.dtype} but the input is {dtype}: keep the input's dtype (tensors made "
+                          f"with x.new_full / x.new_zeros share it; cast back with .to(dtype) if you compute in "
+                          f"float64)")
+        c.expect(label, got, want, what=what, wrong=candidates, dtype=dtype)
+    else:
+        c.expect(label, got, want, what=what, dtype=dtype)
+
+
+def _tuple(c: Checker, label: str, got, n: int, names: str) -> tuple:
+    if not (isinstance(got, tuple) and len(got) == n):
+        c.fail(label, f"return {'three' if n == 3 else 'two'} tensors: {names}")
+    return got
+
+
+# ---------------------------------------------------------------- online softmax
+
+def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=True, in_loop=False):
+    """The online softmax in float64 with switches for the classic mistakes: (probs, m, l)."""
+    x = x.double()
+    n = x.shape[-1]
+    stop = n if last else n // block * block
+    starts = list(range(0, stop, block))
+    m = x.new_full(x.shape[:-1], float("-inf"))
+    l = x.new_zeros(x.shape[:-1])
+    probs = torch.zeros_like(x)
+    for idx, s in enumerate(starts):
+        b = x[..., s:s + block]
+        m_new = torch.maximum(m, b.amax(-1))
+        safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        e = torch.exp(b - safe.unsqueeze(-1))
+        if not rescale:  # each block summed against its own max
+            own = b.amax(-1)
+            l = l + torch.exp(b - torch.where(torch.isneginf(own), torch.zeros_like(own), own).unsqueeze(-1)).sum(-1)
+        elif inverted and first_block and idx == 0:
+            l = e.sum(-1)
+        elif inverted:
+            old = torch.where(torch.isneginf(m), torch.zeros_like(m), m) if first_block else m
+            l = l * torch.exp(safe - old) + e.sum(-1)
+        else:
+            l = l * torch.exp(m - safe) + e.sum(-1)
+        m = m_new
+        if in_loop:
+            probs[..., s:s + block] = e / torch.where(l > 0, l, torch.ones_like(l)).unsqueeze(-1)
+    if not in_loop:
+        safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+        probs = torch.exp(x - safe.unsqueeze(-1)) / torch.where(l > 0, l, torch.ones_like(l)).unsqueeze(-1)
+    return probs, m, l
+
+
+_STALE = ("the running sum was not rescaled: when the max grows from m to m', multiply the sum so far by exp(m - m') "
+          "before adding the new block")
+_INVERTED = ("the rescale factor is inverted: when the max grows from m to m', the sum so far shrinks, so multiply it "
+             "by exp(m - m') (at most 1), not exp(m' - m)")
+_LAST = ("the last, shorter block was never read: loop with range(0, N, block_size) so that a last block shorter "
+         "than block_size counts too")
+_IN_LOOP = ("the probabilities were computed inside the loop with the m and l of that moment, so earlier blocks keep "
+            "stale values: compute them after the loop, from the final m and l")
+_ALL_NEG_INF = ("NaN for a row that is all -inf: it must give m = -inf, l = 0 and zero probabilities. While m is "
+                "still -inf, subtract a safe max of 0 (exp(-inf - (-inf)) is NaN), and divide by l only where l > 0")
 
 
 def check_online_softmax(fn) -> str:
@@ -35,63 +251,199 @@ def check_online_softmax(fn) -> str:
     big[:, -3:] += 400  # the maximum arrives in the last block: the running sum must be rescaled
     holes = randn(g, 2, 9)
     holes[1] = float("-inf")
+    three = randn(g, 2, 3, 17) * 10
+    three[1, 2, ::3] = float("-inf")
+    five = randn(g, 2, 1, 3, 1, 11) * 10
     for label, x, block in [("x (4, 10), block 3", randn(g, 4, 10), 3), ("max in the last block", big, 4),
                             ("block 1", randn(g, 2, 5), 1), ("block larger than the row", randn(g, 3, 6), 50),
-                            ("an all -inf row", holes, 4)]:
+                            ("an all -inf row", holes, 4), ("1-D x (23,), block 5", randn(g, 23) * 10, 5),
+                            ("3-D x (2, 3, 17) with -inf entries, block 4", three, 4),
+                            ("5-D x (2, 1, 3, 1, 11), block 4", five, 4)]:
         with c.case(label):
-            got = c.call(label, x, block)
-            if not (isinstance(got, tuple) and len(got) == 3):
-                c.fail(label, "return three tensors: (probs, m, l)")
-            probs, m, l = got
-            xd = x.double()
-            want_p, want_m, want_l = reference_online_softmax(xd, block)
-            stale = torch.zeros_like(want_l)
-            for start in range(0, x.shape[-1], block):  # a running sum that is never rescaled
-                blk = xd[..., start:start + block]
-                stale = stale + torch.exp(blk - blk.amax(-1, keepdim=True).clamp_min(-1e300)).sum(-1)
-            c.expect(label, m, want_m, what="running max m", dtype=x.dtype)
-            c.expect(label, l, want_l, what="running sum l", dtype=x.dtype, wrong=[
-                (stale, "the running sum was not rescaled: when the max grows from m to m', multiply the sum so far "
-                        "by exp(m - m') before adding the new block"),
-            ])
-            c.expect(label, probs, want_p, what="probabilities", dtype=x.dtype)
-    return c.passed("rescaling when the max moves, block sizes 1 to wider than the row, all -inf rows")
+            lead = "" if x.ndim == 2 else _leading(x.shape, "x", "index blocks with x[..., a:b], reduce with dim=-1 "
+                                                                "and make m and l of shape x.shape[:-1]")
+            n = x.shape[-1]
+            watch = RowReductions(n if block < n and n not in x.shape[:-1] else 0)
+            with watch:
+                got = c.call(label, x, block, if_raises=lead)
+            probs, m, l = _tuple(c, label, got, 3, "(probs, m, l)")
+            if watch.n and watch.count:
+                c.fail(label, f"you reduce the whole row at once ({', '.join(watch.calls) or 'a reduction'} over all "
+                              f"{n} entries), so block_size is not used: read the row in blocks of block_size and "
+                              f"update m and l once per block")
+            want_p, want_m, want_l = reference_online_softmax(x.double(), block)
+            dead = torch.isneginf(x).all(-1)
+            for got_t in (m, l, probs):
+                if (isinstance(got_t, torch.Tensor) and dead.any() and got_t.shape[:dead.ndim] == dead.shape
+                        and torch.isnan(got_t[dead]).any() and not torch.isnan(got_t[~dead]).any()):
+                    c.fail(label, _ALL_NEG_INF)
+            _check(c, label, m, want_m, what="running max m", dtype=x.dtype, lead=lead, wrong=lambda: [
+                (_online(x, block, last=False)[1], _LAST)])
+            _check(c, label, l, want_l, what="running sum l", dtype=x.dtype, lead=lead, wrong=lambda: [
+                (_online(x, block, rescale=False)[2], _STALE),
+                (_online(x, block, inverted=True)[2], _INVERTED),
+                (_online(x, block, inverted=True, first_block=True)[2], _INVERTED),
+                (_online(x, block, last=False)[2], _LAST)])
+            _check(c, label, probs, want_p, what="probabilities", dtype=x.dtype, lead=lead, wrong=lambda: [
+                (_online(x, block, in_loop=True)[0], _IN_LOOP)])
+    return c.passed("rescaling when the max moves, block sizes 1 to wider than the row, all -inf rows, "
+                    "1-D to 5-D input, blocks read one at a time")
 
 
-def _flash_ban(nq, nk):
-    return Ban({**ATTENTION_FUNCTIONS, **NORMALISERS}, ATTENTION_ATEN + SOFTMAX_ATEN,
-               (flash.flash_attention_forward, flash.flash_attention_backward, flash.FlashAttention.forward),
-               hint="Loop over query and key blocks with a running max and sum; never build the full score matrix.",
-               forbid_shape=(nq, nk))
+# ---------------------------------------------------------------- FlashAttention forward
+
+def _mask(nq, nk, top_left=False):
+    return torch.ones(nq, nk, dtype=torch.bool).tril(0 if top_left else nk - nq)  # (Nq, Nk)
+
+
+def _naive(q, k, v, causal, base=math.e, *, scale=True, top_left=False):
+    q, k, v = q.double(), k.double(), v.double()
+    s = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+    if causal:
+        s = s.masked_fill(~_mask(q.shape[-2], k.shape[-2], top_left), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    w = reference_softmax(s, -1)
+    return w @ v, lse / math.log(base)
+
+
+def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True):
+    """A tiled forward in float64 with switches for the classic mistakes: (out, log(l))."""
+    q, k, v = q.double(), k.double(), v.double()
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    out = q.new_zeros(*q.shape[:-1], v.shape[-1])
+    log_l = q.new_full(q.shape[:-1], float("-inf"))
+    for qs in range(0, nq, block_q):
+        qe = min(qs + block_q, nq)
+        m = q.new_full((*q.shape[:-2], qe - qs), float("-inf"))
+        l = torch.zeros_like(m)
+        acc = q.new_zeros(*m.shape, v.shape[-1])
+        for ks in range(0, nk, block_k):
+            ke = min(ks + block_k, nk)
+            s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) / math.sqrt(d)
+            if causal:
+                s = s.masked_fill(~_mask(nq, nk)[qs:qe, ks:ke], float("-inf"))
+            m_new = torch.maximum(m, s.amax(-1))
+            safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+            p = torch.exp(s - safe.unsqueeze(-1))
+            alpha = torch.exp(m - safe)
+            l = (alpha * l if rescale_l else l) + p.sum(-1)
+            acc = (alpha.unsqueeze(-1) * acc if rescale_acc else acc) + p @ v[..., ks:ke, :]
+            m = m_new
+        live = l > 0
+        out[..., qs:qe, :] = acc / torch.where(live, l, torch.ones_like(l)).unsqueeze(-1) if divide else acc
+        log_l[..., qs:qe] = torch.where(live, torch.log(torch.where(live, l, torch.ones_like(l))), log_l[..., qs:qe])
+    return out, log_l
+
+
+def _flash_ban(nq, nk, hint):
+    return Ban({**ATTENTION_FUNCTIONS, **SOFTMAX_FUNCTIONS}, ATTENTION_ATEN + SOFTMAX_ATEN,
+               (flash.flash_attention_forward, flash.flash_attention_backward, flash.FlashAttention.forward,
+                chunked.chunked_attention, chunked.merge_partials, reference_attention, reference_online_softmax,
+                reference_softmax),
+               hint=hint, forbid_shape=(nq, nk))
+
+
+_FORWARD_HINT = "Loop over query and key blocks with a running max and sum; never build the full score matrix."
+_BACKWARD_HINT = ("Loop over key and query blocks and rebuild each tile of P from q, k and lse (P = exp(S - lse)); "
+                  "never build the full score matrix.")
+_NO_KEY = ("NaN for a query that sees no key: it must get zeros and lse = -inf; guard exp(m - m') while m is still "
+           "-inf, and the division by l = 0")
 
 
 def check_flash_attention_forward(fn) -> str:
     """Check ``fn(q, k, v, is_causal=False, block_q=64, block_k=64) -> (out, lse)``, tiled."""
     g = gen(91)
-    cases = [("40 queries x 48 keys, blocks 16", 40, 48, False, 16, 16), ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8),
-             ("ragged: 37 x 37, blocks 16", 37, 37, True, 16, 16), ("causal, 12 new queries after 36 keys", 12, 48, True, 8, 16),
-             ("causal, 20 queries but 12 keys: the first 8 queries see no key", 20, 12, True, 8, 8)]
+    d, dv = 5, 7  # head dims apart from every tile size, so the watcher can tell tiles from q, k, v and out
+    cases = [("40 queries x 48 keys, blocks 16", 40, 48, False, 16, 16, (2, 3)),
+             ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8, (2, 3)),
+             ("ragged: 37 x 37, blocks 16, 3-D input (H, N, d)", 37, 37, True, 16, 16, (3,)),
+             ("causal, 12 new queries after 36 keys, 5-D input", 12, 48, True, 8, 16, (2, 1, 2)),
+             ("causal, 20 queries but 12 keys: the first 8 queries see no key, 2-D input (N, d)", 20, 12, True, 8, 8, ()),
+             ("causal, 44 x 52, blocks 12 x 20", 44, 52, True, 12, 20, (2, 3))]
     c = Checker("flash_attention_forward", fn)
-    for label, nq, nk, causal, bq, bk in cases:
+    for label, nq, nk, causal, bq, bk, lead_dims in cases:
         with c.case(label):
-            c.ban = _flash_ban(nq, nk)  # the forbidden full-matrix shape changes with the case
-            q, k, v = randn(g, 2, 2, nq, 8), randn(g, 2, 2, nk, 8), randn(g, 2, 2, nk, 6)
-            got = c.call(label, q, k, v, causal, bq, bk)
-            if not (isinstance(got, tuple) and len(got) == 2):
-                c.fail(label, "return (out, lse)")
-            out, lse = got
+            c.ban = _flash_ban(nq, nk, _FORWARD_HINT)  # the forbidden full-matrix shape changes with the case
+            q, k, v = randn(g, *lead_dims, nq, d), randn(g, *lead_dims, nk, d), randn(g, *lead_dims, nk, dv)
+            lead = "" if len(lead_dims) == 2 else _leading(q.shape)
+            tiles = ScoreTiles(_other_sizes(lead_dims, d, dv))
+            with tiles:
+                got = c.call(label, q, k, v, causal, bq, bk, if_raises=lead)
+            out, lse = _tuple(c, label, got, 2, "(out, lse)")
+            _check_tiles(c, label, tiles, nq, nk, bq, bk, causal)
             want, want_lse = _naive(q, k, v, causal)
             dead = torch.isneginf(want_lse)
             if dead.any() and isinstance(out, torch.Tensor) and out.shape == want.shape and torch.isnan(out[dead]).any():
-                c.fail(label, "NaN for a query that sees no key: it must get zeros and lse = -inf; guard exp(m - m') "
-                              "while m is still -inf, and the division by l = 0")
-            c.expect(label, out, want, what="output", dtype=q.dtype, wrong=[
+                c.fail(label, _NO_KEY)
+            _check(c, label, out, want, what="output", dtype=q.dtype, lead=lead, wrong=lambda: [
                 (_naive(q, k, v, False)[0], "is_causal was ignored: mask keys after each query (bottom-right aligned)"),
+                (_naive(q, k, v, causal, scale=False)[0], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
+                (_naive(q, k, v, causal, top_left=True)[0],
+                 "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right), "
+                 "so key j is allowed iff j <= i + Nk - Nq"),
+                (_tiled(q, k, v, causal, bq, bk, rescale_acc=False)[0],
+                 "the accumulator was not rescaled: when the running max grows from m to m', multiply acc by "
+                 "exp(m - m') as you do l, before adding P V of the new tile"),
+                (_tiled(q, k, v, causal, bq, bk, rescale_l=False)[0],
+                 "the running sum l was not rescaled: when the running max grows from m to m', multiply l by "
+                 "exp(m - m') before adding the new tile's row sums"),
+                (_tiled(q, k, v, causal, bq, bk, divide=False)[0],
+                 "the output is not normalised: divide the accumulator by l once, after the last key block"),
             ])
-            c.expect(label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, wrong=[
+            _check(c, label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, lead=lead, wrong=lambda: [
+                (want_lse.unsqueeze(-1), "lse has shape (..., Nq): one number per query, without a trailing 1"),
                 (_naive(q, k, v, causal, base=2)[1], "lse is in base 2; the contract asks for the natural log"),
+                (_tiled(q, k, v, causal, bq, bk)[1], "lse = m + log(l): you left out the running max m"),
+                (_naive(q, k, v, causal, scale=False)[1], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
+                (_naive(q, k, v, causal, top_left=True)[1],
+                 "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right)"),
             ])
-    return c.passed("ragged tiles, causal with Nq != Nk, no full score matrix")
+    return c.passed("tiles of block_q x block_k, ragged tiles, causal with Nq != Nk, future tiles skipped, "
+                    "2-D to 5-D input, no full score matrix")
+
+
+def _check_tiles(c, label, tiles: ScoreTiles, nq, nk, bq, bk, causal) -> None:
+    """What the tile shapes say about the loops: block sizes used, future tiles skipped."""
+    if not tiles.shapes:
+        return  # nothing tile-shaped seen (scores built some other way): the values decide
+    rows = max(r for r, _ in tiles.shapes)
+    cols = max(col for _, col in tiles.shapes)
+    if bq != bk and (bk, bq) in tiles.shapes and (rows > bq or cols > bk):
+        c.fail(label, f"block_q and block_k are swapped: your score tiles are {bk} x {bq}, but a tile holds block_q = "
+                      f"{bq} queries and block_k = {bk} keys")
+    if rows > bq:
+        c.fail(label, f"your score tiles have {rows} rows but block_q = {bq}: walk the queries in blocks of block_q "
+                      f"(the last may be shorter), and inside, the keys in blocks of block_k")
+    if cols > bk:
+        c.fail(label, f"your score tiles have {cols} columns but block_k = {bk}: walk the keys in blocks of block_k "
+                      f"(the last may be shorter)")
+    if causal and tiles.masked:
+        c.fail(label, "you computed a tile that lies entirely in the future of its queries (every score masked): "
+                      "skip key blocks that no query of the block may see (with a query block ending at qe, keys "
+                      "after qe - 1 + Nk - Nq)")
+
+
+# ---------------------------------------------------------------- FlashAttention backward
+
+def _dense_backward(q, k, v, out, lse, d_out, allowed, *, score_scale=True, grad_scale=True, use_d=True):
+    """The backward of attention from lse, all at once in float64 (the checker may hold (Nq, Nk))."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = q @ k.transpose(-2, -1) * (scale if score_scale else 1.0)
+    live = ~torch.isneginf(lse)
+    z = s - torch.where(live, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    if allowed is not None:
+        z = z.masked_fill(~allowed, float("-inf"))
+    p = torch.exp(z.masked_fill(~live.unsqueeze(-1), float("-inf")))
+    D = (d_out * out).sum(-1) if use_d else torch.zeros_like(lse)
+    ds = p * (d_out @ v.transpose(-2, -1) - D.unsqueeze(-1))
+    g = scale if grad_scale else 1.0
+    return ds @ k * g, ds.transpose(-2, -1) @ q * g, p.transpose(-2, -1) @ d_out
+
+
+_NAN_NO_KEY = ("NaN in the gradients of a query that saw no key (lse = -inf): s - lse is -inf - (-inf) = NaN there. "
+               "Treat lse = -inf as 0 and mask those rows: such a query contributes nothing")
+_NAN_MASK = ("NaN in the gradients: set masked scores to -inf before exp (exp of a masked score far above lse "
+             "overflows to inf, and inf * 0 = NaN)")
 
 
 def check_flash_attention_backward(fn) -> str:
@@ -99,82 +451,154 @@ def check_flash_attention_backward(fn) -> str:
     g = gen(92)
     c = Checker("flash_attention_backward", fn)
     # Larger than the usual tiles (64 or 128), so a tiled backward never holds all of (Nq, Nk) at once.
-    for label, nq, nk, causal, sharp in [("130 x 150", 130, 150, False, 1.0), ("causal 144 x 144", 144, 144, True, 1.0),
-                                         ("causal 20 x 150", 20, 150, True, 1.0),
-                                         ("causal 130 x 130, large scores", 130, 130, True, 400.0)]:
+    for label, nq, nk, causal, sharp, lead_dims in [
+            ("130 x 150", 130, 150, False, 1.0, (1, 2)), ("causal 144 x 144", 144, 144, True, 1.0, (1, 2)),
+            ("causal 20 x 150", 20, 150, True, 1.0, (1, 2)),
+            ("causal 130 x 130, large scores", 130, 130, True, 400.0, (1, 2)),
+            ("causal, 150 queries but 130 keys: the first 20 see no key, 3-D input (H, N, d)", 150, 130, True, 1.0, (2,)),
+            ("2-D input (N, d), 135 x 140", 135, 140, False, 1.0, ())]:
         with c.case(label):
-            c.ban = _flash_ban(nq, nk)
-            q, k, v = (randn(g, 1, 2, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
+            c.ban = _flash_ban(nq, nk, _BACKWARD_HINT)
+            q, k, v = (randn(g, *lead_dims, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
             q = (q.detach() * sharp).requires_grad_()  # sharp: masked scores far above lse overflow exp
-            d_out = randn(g, 1, 2, nq, 8, dtype=torch.float64)
+            d_out = randn(g, *lead_dims, nq, 8, dtype=torch.float64)
             out, lse = _naive(q, k, v, causal)
             out.backward(d_out)
             want = [t.grad.clone() for t in (q, k, v)]
             q, k, v, out, lse = (t.detach() for t in (q, k, v, out, lse))
-            got = c.call(label, q, k, v, out, lse, d_out, causal)
-            if not (isinstance(got, tuple) and len(got) == 3):
-                c.fail(label, "return (dq, dk, dv)")
+            lead = "" if len(lead_dims) == 2 else _leading(q.shape)
+            got = c.call(label, q, k, v, out, lse, d_out, causal, if_raises=lead)
+            got = _tuple(c, label, got, 3, "(dq, dk, dv)")
             if any(isinstance(t, torch.Tensor) and torch.isnan(t).any() for t in got):
-                c.fail(label, "NaN in the gradients: set masked scores to -inf before exp (exp of a masked score far "
-                              "above lse overflows to inf, and inf * 0 = NaN); a query with lse = -inf contributes nothing")
-            no_d = flash.flash_attention_backward(q, k, v, torch.zeros_like(out), lse, d_out, causal)
-            no_mask = flash.flash_attention_backward(q, k, v, out, lse, d_out, False) if causal else None
+                dead = torch.isneginf(lse)
+                dq = got[0]
+                if (dead.any() and isinstance(dq, torch.Tensor) and dq.shape == q.shape
+                        and torch.isnan(dq[dead]).any()):
+                    c.fail(label, _NAN_NO_KEY)
+                c.fail(label, _NAN_MASK)
+            mask = _mask(nq, nk) if causal else None
             for name, g_, w_, i in zip(("dq", "dk", "dv"), got, want, range(3)):
-                wrong = [(no_d[i], "the rowsum(dO * O) term is missing: dS = P * (dP - D) with D = (d_out * out).sum(-1)")]
-                if no_mask is not None:
-                    wrong.append((no_mask[i], "is_causal was ignored in the backward pass: mask P the same way as forward"))
-                c.expect(label, g_, w_, what=name, dtype=torch.float64, wrong=wrong)
-    return c.passed("non-causal, causal, Nq != Nk, against autograd in float64")
+                def wrong(i=i):
+                    cands = [(_dense_backward(q, k, v, out, lse, d_out, mask, use_d=False)[i],
+                              "the rowsum(dO * O) term is missing: dS = P * (dP - D) with D = (d_out * out).sum(-1)")]
+                    if causal:
+                        cands += [(_dense_backward(q, k, v, out, lse, d_out, None)[i],
+                                   "is_causal was ignored in the backward pass: mask P the same way as forward"),
+                                  (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, top_left=True))[i],
+                                   "the causal mask is aligned to the top left: query i sits at position "
+                                   "i + Nk - Nq (bottom right), as in the forward pass")]
+                    cands += [(_dense_backward(q, k, v, out, lse, d_out, mask, grad_scale=False)[i],
+                               "dq and dk miss the 1/sqrt(d) factor: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) "
+                               "and dK = dS^T Q / sqrt(d)"),
+                              (_dense_backward(q, k, v, out, lse, d_out, mask, score_scale=False)[i],
+                               "the scores recomputed in the backward miss 1/sqrt(d): rebuild P = exp(Q K^T / sqrt(d) "
+                               "- lse), the scores the forward pass used")]
+                    return cands
+                _check(c, label, g_, w_, what=name, dtype=torch.float64, lead=lead, wrong=wrong)
+    return c.passed("non-causal, causal, Nq != Nk, queries that saw no key, 2-D to 4-D input, "
+                    "against autograd in float64")
 
+
+# ---------------------------------------------------------------- sliding window
 
 def check_sliding_window_mask(fn) -> str:
     """Check ``fn(n_q, n_k, window) -> bool (n_q, n_k)``: ``i' - window < j <= i'``."""
     c = Checker("sliding_window_mask", fn, Ban(python=(masks.sliding_window_mask,),
                                                hint="Combine two comparisons of key and query positions."))
 
-    def mask(nq, nk, w, low=0, offset=None):
+    def mask(nq, nk, w, low=0, offset=None, causal=True, both=False):
         offset = nk - nq if offset is None else offset
         i = torch.arange(nq)[:, None] + offset
         j = torch.arange(nk)[None, :]
-        return (j <= i) & (j > i - w - low)
+        if both:
+            return (i - j).abs() < w + low
+        return ((j <= i) if causal else torch.ones_like(j > i)) & (j > i - w - low)
 
+    future = "keys in the future of the query are allowed: a sliding window looks back only, so also require j <= i'"
     for nq, nk, w in [(8, 8, 3), (4, 10, 2), (10, 4, 3), (6, 6, 1), (5, 5, 50)]:
         label = f"n_q={nq}, n_k={nk}, window={w}"
         with c.case(label):
             got = c.call(label, nq, nk, w)
-            c.expect(label, got, mask(nq, nk, w), what="mask", wrong=[
+            want = mask(nq, nk, w)
+            if isinstance(got, torch.Tensor) and nq != nk and tuple(got.shape) in {(nq, nq), (nk, nk)}:
+                c.fail(label, f"the mask must be (n_q, n_k) = ({nq}, {nk}), got {fmt_shape(got)}: with n_q != n_k the "
+                              f"queries are the last n_q of the n_k positions")
+            c.expect(label, got, want, what="mask", wrong=[
                 (mask(nq, nk, w, low=1), "off by one: a window of w keeps the query itself and the w - 1 keys before it "
                                          "(i' - window < j), not w keys before it"),
+                (mask(nq, nk, w, low=-1), "off by one: a window of w counts the query itself, so it keeps the w - 1 "
+                                          "keys before it (i' - window < j), not only w - 2"),
                 (mask(nq, nk, w, offset=0), "the window is aligned to the top left: query i sits at i + n_k - n_q"),
                 (mask(nq, nk, 10**6), "the window is ignored: this is a plain causal mask"),
+                (mask(nq, nk, w, both=True), future),
+                (mask(nq, nk, w, causal=False), future),
+                (~want, "the mask is inverted: True must mean that the key may be attended"),
+                (want.T, "the mask is transposed: rows are the n_q queries, columns the n_k keys"),
             ])
     return c.passed("square, Nq < Nk, Nq > Nk, window 1 and wider than the sequence")
+
+
+# ---------------------------------------------------------------- linear attention
+
+def _weights_attention(w, v):
+    """Rows of non-negative weights normalised, zeros for a row with nothing to attend to."""
+    total = w.sum(-1, keepdim=True)
+    return (w @ v) / torch.where(total != 0, total, torch.ones_like(total))
 
 
 def check_linear_attention(fn) -> str:
     """Check ``fn(q, k, v, causal=False)`` with feature map ``elu(x) + 1``."""
     c = Checker("linear_attention", fn)
     g = gen(93)
-    for label, causal, nq, nk in [("non-causal", False, 11, 11), ("causal", True, 11, 11),
-                                  ("causal, 7 new queries after 6 keys", True, 7, 13),
-                                  ("causal, 13 queries but 7 keys: the first 6 see no key and get zeros", True, 13, 7),
-                                  ("non-causal, 7 queries x 13 keys", False, 7, 13)]:
+    for label, causal, nq, nk, lead_dims in [
+            ("non-causal", False, 11, 11, (2, 3)), ("causal", True, 11, 11, (2, 3)),
+            ("causal, 7 new queries after 6 keys", True, 7, 13, (2, 3)),
+            ("causal, 13 queries but 7 keys: the first 6 see no key and get zeros", True, 13, 7, (2, 3)),
+            ("non-causal, 7 queries x 13 keys", False, 7, 13, (2, 3)),
+            ("2-D input (N, d), causal, 9 x 12", True, 9, 12, ()),
+            ("3-D input (H, N, d), non-causal, 10 x 8", False, 10, 8, (3,)),
+            ("5-D input, causal, 6 x 8", True, 6, 8, (2, 1, 2))]:
         with c.case(label):
             c.ban = Ban(python=(linear.linear_attention,), forbid_shape=(nq, nk),
                         hint="Apply elu(x) + 1, then share sum_j phi(k_j) v_j^T across queries instead of forming "
                              "the (Nq, Nk) weights.")
-            q, k, v = randn(g, 2, 3, nq, 4), randn(g, 2, 3, nk, 4), randn(g, 2, 3, nk, 5)
-            got = c.call(label, q, k, v, causal)
+            q, k, v = randn(g, *lead_dims, nq, 4), randn(g, *lead_dims, nk, 4), randn(g, *lead_dims, nk, 5)
+            lead = "" if len(lead_dims) == 2 else _leading(q.shape)
+            got = c.call(label, q, k, v, causal, if_raises=lead)
             qd, kd, vd = q.double(), k.double(), v.double()
-            fq, fk = F.elu(qd) + 1, F.elu(kd) + 1
-            w = fq @ fk.transpose(-2, -1)
-            if causal:
-                w = w * torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq)
-            if isinstance(got, torch.Tensor) and got.shape == (2, 3, nq, 5) and torch.isnan(got).any():
+            want = linear.linear_attention(qd, kd, vd, causal)
+            if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got).any():
                 c.fail(label, "NaN for a query that sees no key: its normaliser is 0; return zeros for it")
-            c.expect(label, got, linear.linear_attention(qd, kd, vd, causal), dtype=q.dtype, wrong=[
-                (w @ vd, "no normaliser: divide by phi(q_i) . sum_j phi(k_j)"),
-                (linear.linear_attention(qd, kd, vd, not causal), "the causal flag is ignored or inverted"),
-                (reference_softmax(qd @ kd.transpose(-2, -1), -1) @ vd, "that is softmax attention; use phi(x) = elu(x) + 1"),
-            ])
-    return c.passed("causal and not, Nq != Nk both ways, batched, no (Nq, Nk) weights")
+
+            def wrong():
+                fq, fk = F.elu(qd) + 1, F.elu(kd) + 1
+
+                def attend(a, b, allowed=_mask(nq, nk) if causal else None, normalise=True):
+                    w = a @ b.transpose(-2, -1)
+                    if allowed is not None:
+                        w = w * allowed
+                    return _weights_attention(w, vd) if normalise else w @ vd
+
+                cands = [(attend(fq, fk, normalise=False), "no normaliser: divide by phi(q_i) . sum_j phi(k_j)"),
+                         (linear.linear_attention(qd, kd, vd, not causal), "the causal flag is ignored or inverted"),
+                         (reference_softmax(qd @ kd.transpose(-2, -1), -1) @ vd,
+                          "that is softmax attention; use phi(x) = elu(x) + 1"),
+                         (attend(torch.exp(qd), torch.exp(kd)),
+                          "the feature map is phi(x) = elu(x) + 1 (torch.nn.functional.elu(x) + 1), not exp"),
+                         (attend(F.elu(qd), F.elu(kd)),
+                          "the feature map is phi(x) = elu(x) + 1: the + 1 keeps every feature positive"),
+                         (linear.linear_attention(qd / math.sqrt(qd.shape[-1]), kd, vd, causal),
+                          "no 1/sqrt(d) in linear attention: dividing by phi(q_i) . z is the only normalisation"),
+                         (attend(qd, fk), "phi was applied to the keys only: apply it to the queries too, "
+                                          "phi(q_i) . phi(k_j)")]
+                if causal:
+                    cands += [(attend(fq, fk, _mask(nq, nk, top_left=True)),
+                               "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq, "
+                               "so its prefix sums run over keys j <= i + Nk - Nq"),
+                              (attend(fq, fk, torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq - 1)),
+                               "each query must see its own key too: the prefix sums run over j <= i' (an inclusive "
+                               "cumsum), not j < i'")]
+                return cands
+
+            _check(c, label, got, want, what="output", dtype=q.dtype, lead=lead, wrong=wrong)
+    return c.passed("causal and not, Nq != Nk both ways, 2-D to 5-D input, no (Nq, Nk) weights")
