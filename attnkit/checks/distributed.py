@@ -66,8 +66,8 @@ def check_merge_partials(fn) -> str:
             out_a, lse_a = (t.float() for t in _partial(q, k, v, in_a))
             out_b, lse_b = (t.float() for t in _partial(q, k, v, in_b))
             want, want_lse = _partial(q, k, v, in_a | in_b)  # attention over both key sets at once
-            leading = ("out is (..., N, dv) and lse (..., N): any number of leading dimensions, also none (this case is "
-                       f"{out_a.ndim}-D); index from the end, lse.unsqueeze(-1) or lse[..., None]")
+            leading = ("out is (..., N, dv) and lse (..., N): any number of leading dimensions, also none "
+                       f"(this case is {out_a.ndim}-D); index from the end, lse.unsqueeze(-1) or lse[..., None]")
             got = _call(c, label, out_a, lse_a, out_b, lse_b, raised=[
                 (lambda e, n=out_a.ndim: worked and n not in worked, leading),
                 (lambda e: "must match the size of tensor" in e, "lse is (..., N) and out (..., N, dv): give the "

@@ -33,7 +33,8 @@ def check_induction_score(fn) -> str:
             got = c.call(label, w, period)
             i = torch.arange(period + 1, N)
             wd = w.double()
-            start = "queries before i = period + 1 have no earlier copy of their token (position 0 is BOS): start at i = period + 1"
+            start = ("queries before i = period + 1 have no earlier copy of their token (position 0 is BOS): "
+                     "start at i = period + 1")
             future = ("you read weights above the diagonal (future keys, zero under a causal mask): the weights are "
                       "[batch, head, query i, key j] and the induction key j = i - period + 1 comes before i")
             c.expect(label, got, induction.induction_score(wd, period), what="scores", tol=dict(rtol=1e-5, atol=1e-6), wrong=[
