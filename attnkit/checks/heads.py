@@ -9,7 +9,7 @@ import torch
 from .. import heads as heads_module
 from .. import mha as mha_module
 from ._harness import Ban, Checker, gen, randn
-from .basics import _expect, _sdpa
+from .basics import _call, _expect, _sdpa
 
 MHA_FUNCTIONS = {"torch.nn.functional.multi_head_attention_forward": None}
 
@@ -93,8 +93,8 @@ def check_merge_heads(fn) -> str:
         B, H, N, d = x.shape
         label = f"x {tuple(x.shape)}{' float64' if x.dtype == torch.float64 else ''}"
         with c.case(label):
-            got = c.call(label, x, if_raises="if you used .view after transpose: view needs contiguous memory, "
-                                             "so use .reshape (or .contiguous().view)")
+            got = _call(c, label, x, hint="if you used .view after transpose: view needs contiguous memory, so "
+                                          "use .reshape (or .contiguous().view)")
             want = _merge(x)
             wrong = [
                 (x.reshape(B, N, H * d), "you reshaped (B, H, N, d) straight to (B, N, H*d), which mixes "

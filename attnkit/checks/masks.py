@@ -6,7 +6,7 @@ import torch
 
 from .. import masks
 from ._harness import Ban, Checker
-from .basics import _expect
+from .basics import _call, _expect
 
 
 def _causal(n_q, n_k, offset=None):
@@ -37,9 +37,9 @@ def check_causal_mask(fn) -> str:
         label = f"n_q={n_q}, n_k={n_k}"
         with c.case(label):
             empty = not (n_q and n_k)
-            got = c.call(label, n_q, n_k, if_raises="n_q = 0 or n_k = 0 must give an empty mask of shape "
-                         "(n_q, n_k) (torch.stack of no rows fails; torch.arange comparisons or "
-                         "torch.ones(n_q, n_k).tril(...) handle it)" if empty else "")
+            got = _call(c, label, n_q, n_k, hint="n_q = 0 or n_k = 0 must give an empty mask of shape (n_q, n_k) "
+                        "(torch.stack of no rows fails; torch.arange comparisons or torch.ones(n_q, n_k).tril(...) "
+                        "handle it)" if empty else "")
             want = _causal(n_q, n_k)
             if isinstance(got, torch.Tensor) and got.shape == want.shape:
                 hint = _not_bool(got, "may attend")
