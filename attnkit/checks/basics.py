@@ -376,7 +376,8 @@ def check_scaled_dot_product_attention(fn) -> str:
                               "weight over forbidden keys. Fill with -inf, and give such a row zero weights")
             if full_row:
                 wrong_w.append((_sdpa(q, k, v, mask, fill=-1e9)[1], zero_rows_hint))
-                if isinstance(weights, torch.Tensor) and weights.shape == want_w.shape and not _matching(weights, wrong_w):
+                if (isinstance(weights, torch.Tensor) and weights.shape == want_w.shape
+                        and not _matching(weights, wrong_w)):
                     w_got = weights.detach().cpu().double()
                     rest = torch.where(dead.expand_as(want_w), w_got, want_w)
                     if _allclose(w_got, rest) and (w_got.abs() > 1e-6).logical_and(dead.expand_as(want_w)).any():
