@@ -113,6 +113,19 @@ def _bool_or_fail(c: Checker, label: str, got: torch.Tensor) -> None:
                       "kv_idx <= q_idx give one; combine them with & and |")
 
 
+ORDER_HINT = ("your mask does not depend on the query and key positions, only on the batch and head: FlexAttention "
+              "calls mask_mod(b, h, q_idx, kv_idx), in that order, so the positions are the last two arguments")
+
+
+def _order_or_fail(c: Checker, label: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    """A mask constant over (q_idx, kv_idx) for every (b, h), yet not the same for all (b, h), when
+    the right one is not: the arguments were taken in another order (q_idx, kv_idx, b, h)."""
+    if got.shape == want.shape and got.dtype == torch.bool and not torch.equal(got, want) \
+            and bool((got == got[..., :1, :1]).all()) and not bool((got == got.flatten()[0]).all()) \
+            and not bool((want == want[..., :1, :1]).all()):
+        c.fail(label, ORDER_HINT)
+
+
 def _idx(n):
     return torch.arange(n)[:, None], torch.arange(n)[None, :]  # (N, 1) queries, (1, N) keys
 
@@ -133,6 +146,7 @@ def check_sliding_window_mask_mod(fn) -> str:
             _bool_or_fail(c, label, got)
             i, j = _idx(n)
             want = (j <= i) & (i - j < w)  # (N, N)
+            _order_or_fail(c, label, got, want.expand(B, H, n, n))
             c.expect(label, got, want.expand(B, H, n, n), what="mask", wrong=[(m.expand(B, H, n, n), hint) for m, hint in [
                 ((j <= i) & (i - j <= w), "off by one: a window of w keeps the query itself and the w - 1 keys before "
                                           "it (q_idx - kv_idx < window), not w keys before it"),
@@ -143,6 +157,8 @@ def check_sliding_window_mask_mod(fn) -> str:
                 ((i <= j) & (j - i < w), "q_idx and kv_idx are swapped: the signature is mask_mod(b, h, q_idx, kv_idx) "
                                          "and the allowed keys come before the query"),
                 (j <= i, "the window is ignored: this is a plain causal mask"),
+                ((j < i) & (i - j < w), "the query itself is excluded: a query always sees itself, so the window is "
+                                        "kv_idx <= q_idx (not <) and q_idx - kv_idx < window"),
             ]])
             last = (mod, n, want)
     with c.case("inside flex_attention"):
@@ -176,6 +192,7 @@ def check_document_mask_mod(fn) -> str:
             _bool_or_fail(c, label, got)
             i, j = _idx(n)
             want = doc[:, None] == doc[None, :]  # (N, N)
+            _order_or_fail(c, label, got, want.expand(B, H, n, n))
             shifted = torch.cat((doc[:1], doc[:-1]))  # the boundary moved one token late
             n_docs = len(set(ids))
             length = max(n // n_docs, 1)
@@ -192,6 +209,8 @@ def check_document_mask_mod(fn) -> str:
                                                        "document doc_ids[p]"),
                 (torch.ones(n, n, dtype=torch.bool), "every token sees every token: compare the documents of the query "
                                                      "and of the key"),
+                (i == j, "each token sees only itself: compare the documents of the query and of the key, "
+                         "doc_ids[q_idx] == doc_ids[kv_idx], not their positions"),
             ]
             c.expect(label, got, want.expand(B, H, n, n), what="mask",
                      wrong=[(m.expand(B, H, n, n), hint) for m, hint in wrong])
@@ -246,6 +265,13 @@ def check_alibi_score_mod(fn) -> str:
                 ((-slopes * dist).expand_as(scores), "the score is gone: return score minus slope * distance, "
                                                      "not the bias alone"),
             ]
+            from_zero = torch.tensor([2.0 ** (-8.0 * h / n_heads) for h in range(n_heads)], dtype=torch.float64)
+            wrong.append((scores - from_zero.view(-1, 1, 1) * dist, "the slopes are numbered from 0: head h's slope is "
+                          "2^(-8(h+1)/H), so head 0's is 2^(-8/H), not 2^0 = 1"))
+            if n_heads >= scores.shape[0]:
+                by_batch = slopes[:scores.shape[0]].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+                wrong.append((scores - by_batch * dist, "the slope changes with the batch index b, not the head: "
+                                                        "index the slopes with h, score - slopes[h] * |q_idx - kv_idx|"))
             if n_heads & (n_heads - 1):
                 wrong.append((scores - _slopes_by_formula(n_heads).view(-1, 1, 1) * dist,
                               f"for {n_heads} heads (not a power of two) the ALiBi paper takes the slopes of the closest "
