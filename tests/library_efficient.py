@@ -216,6 +216,30 @@ def online_float64_out(x, block_size):
     return online_notebook(x.double(), block_size)
 
 
+def online_finfo_start(x, block_size):
+    """Starts m at the most negative float instead of -inf."""
+    m = x.new_full(x.shape[:-1], torch.finfo(x.dtype).min)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        m_new = torch.maximum(m, b.amax(-1))
+        l = l * torch.exp(m - m_new) + torch.exp(b - m_new[..., None]).sum(-1)
+        m = m_new
+    return torch.exp(x - m[..., None]) / torch.where(l > 0, l, torch.ones_like(l))[..., None], m, l
+
+
+def online_l_without_max(x, block_size):
+    """A running max, but l sums exp(x) as it is."""
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        m = torch.maximum(m, b.amax(-1))
+        l = l + torch.exp(b).sum(-1)
+    safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    return torch.exp(x - safe[..., None]) / torch.where(l > 0, l, torch.ones_like(l))[..., None], m, l
+
+
 def online_calls_softmax(x, block_size):
     return torch.softmax(x, -1), x.amax(-1), torch.ones(x.shape[:-1])
 
@@ -263,7 +287,7 @@ def flash_notebook(q, k, v, is_causal=False, block_q=64, block_k=64):
 
 def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, causal=None, skip=True,
            rescale_acc=True, rescale_l=True, divide=True, lse_max=True, scaled=True, top_left=False,
-           guard=True, rows=None, cols=None):
+           guard=True, rows=None, cols=None, mask_value=-math.inf, last_q=True, last_k=True):
     """A tiled forward written the einsum way, with switches for the classic mistakes."""
     causal = is_causal if causal is None else causal
     rows, cols = rows or block_q, cols or block_k
@@ -271,13 +295,13 @@ def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, cau
     offset = 0 if top_left else nk - nq
     out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     lse = torch.full(q.shape[:-1], -math.inf, dtype=q.dtype)
-    for qs in range(0, nq, rows):
+    for qs in range(0, nq if last_q else nq // rows * rows, rows):
         qb = q[..., qs:qs + rows, :]
         qe = qs + qb.shape[-2]
         m = torch.full(qb.shape[:-1], -math.inf, dtype=q.dtype)
         l = torch.zeros(qb.shape[:-1], dtype=q.dtype)
         acc = torch.zeros(*qb.shape[:-1], v.shape[-1], dtype=q.dtype)
-        for ks in range(0, nk, cols):
+        for ks in range(0, nk if last_k else nk // cols * cols, cols):
             if causal and skip and ks > qe - 1 + offset:
                 break  # every key from here on is in the future of every query of the block
             s = torch.einsum("...id,...jd->...ij", qb, k[..., ks:ks + cols, :])
@@ -286,7 +310,7 @@ def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, cau
             if causal:
                 i = torch.arange(qs, qe)[:, None] + offset
                 j = torch.arange(ks, ks + s.shape[-1])[None, :]
-                s = s.masked_fill(j > i, -math.inf)
+                s = s.masked_fill(j > i, mask_value)
             m2 = torch.maximum(m, s.max(-1).values)
             b = torch.nan_to_num(m2, neginf=0.0) if guard else m2
             p = torch.exp(s - b[..., None])
@@ -373,6 +397,108 @@ def flash_flat_batch(q, k, v, is_causal=False, block_q=64, block_k=64, *, scale=
     return out.reshape(*batch, nq, dv), lse.reshape(*batch, nq)
 
 
+def flash_keys_outside(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """FlashAttention-1's loop order: key blocks outside, query blocks inside; m, l and the
+    normalised output of every query kept between key blocks."""
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    off = nk - nq
+    o = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    m = torch.full(q.shape[:-1], -math.inf, dtype=q.dtype)
+    l = torch.zeros(q.shape[:-1], dtype=q.dtype)
+    for ks in range(0, nk, block_k):
+        ke = min(nk, ks + block_k)
+        kb, vb = k[..., ks:ke, :], v[..., ks:ke, :]
+        for qs in range(0, nq, block_q):
+            qe = min(nq, qs + block_q)
+            if is_causal and ks > qe - 1 + off:
+                continue  # every key of this block comes after every query of that one
+            s = q[..., qs:qe, :] @ kb.mT * d ** -0.5
+            if is_causal:
+                s = s.masked_fill(torch.arange(ks, ke)[None, :] > torch.arange(qs, qe)[:, None] + off, -math.inf)
+            m_old, l_old = m[..., qs:qe], l[..., qs:qe]
+            m_new = torch.maximum(m_old, s.amax(-1))
+            safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+            p = torch.exp(s - safe[..., None])
+            kept = torch.exp(m_old - safe) * l_old
+            l_new = kept + p.sum(-1)
+            denom = torch.where(l_new > 0, l_new, torch.ones_like(l_new))
+            o[..., qs:qe, :] = (o[..., qs:qe, :] * kept[..., None] + p @ vb) / denom[..., None]
+            m[..., qs:qe], l[..., qs:qe] = m_new, l_new
+    lse = torch.where(l > 0, m + torch.log(torch.where(l > 0, l, torch.ones_like(l))), torch.full_like(l, -math.inf))
+    return o, lse
+
+
+def flash_exp2(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Base-2 exponentials inside, as GPU kernels do (log2(e) folded into the scale); lse turned
+    back into the natural log at the end."""
+    log2e = 1.4426950408889634
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    out, lse = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype), torch.empty(q.shape[:-1], dtype=q.dtype)
+    for qs in range(0, nq, block_q):
+        qe = min(nq, qs + block_q)
+        qb = q[..., qs:qe, :] * (log2e / math.sqrt(d))
+        m = torch.full(qb.shape[:-1], -math.inf, dtype=q.dtype)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(*qb.shape[:-1], v.shape[-1], dtype=q.dtype)
+        stop = min(nk, qe + nk - nq) if is_causal else nk
+        for ks in range(0, max(stop, 0), block_k):
+            ke = min(nk, ks + block_k)
+            s = qb @ k[..., ks:ke, :].transpose(-2, -1)  # scores in base 2
+            if is_causal:
+                s = torch.where(torch.arange(ks, ke)[None, :] <= torch.arange(qs, qe)[:, None] + nk - nq, s, -math.inf)
+            m_new = torch.maximum(m, s.amax(-1))
+            safe = torch.where(m_new == -math.inf, 0.0, m_new)
+            p = torch.exp2(s - safe[..., None])
+            alpha = torch.exp2(m - safe)
+            l, acc, m = alpha * l + p.sum(-1), alpha[..., None] * acc + p @ v[..., ks:ke, :], m_new
+        ok = l > 0
+        out[..., qs:qe, :] = acc / torch.where(ok, l, 1.0)[..., None]
+        lse[..., qs:qe] = torch.where(ok, (m + torch.log2(torch.where(ok, l, 1.0))) / log2e, -math.inf)
+    return out, lse
+
+
+def flash_row_bias(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """The causal mask of a query block as a float bias over all keys, (block_q, Nk), sliced per tile."""
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    outs, lses = [], []
+    for qs in range(0, nq, block_q):
+        qe = min(nq, qs + block_q)
+        bias = torch.zeros(qe - qs, nk, dtype=q.dtype)
+        if is_causal:
+            bias = bias.masked_fill(torch.arange(nk)[None, :] > torch.arange(qs, qe)[:, None] + nk - nq, -math.inf)
+        m = q.new_full(q.shape[:-2] + (qe - qs,), -math.inf)
+        l = torch.zeros_like(m)
+        acc = q.new_zeros(q.shape[:-2] + (qe - qs, v.shape[-1]))
+        for ks in range(0, nk, block_k):
+            ke = min(nk, ks + block_k)
+            if is_causal and ks > qe - 1 + nk - nq:
+                break
+            s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) / math.sqrt(d) + bias[:, ks:ke]
+            m_new = torch.maximum(m, s.amax(-1))
+            safe = torch.nan_to_num(m_new, neginf=0.0)
+            p = torch.exp(s - safe[..., None])
+            alpha = torch.exp(m - safe)
+            l = alpha * l + p.sum(-1)
+            acc = alpha[..., None] * acc + p @ v[..., ks:ke, :]
+            m = m_new
+        outs.append(acc / l.clamp_min(torch.finfo(l.dtype).tiny)[..., None])
+        lses.append(torch.where(l > 0, m + torch.log(l.clamp_min(torch.finfo(l.dtype).tiny)), -math.inf))
+    return torch.cat(outs, -2), torch.cat(lses, -1)
+
+
+def flash_mask_large_negative(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Masks with -1e9 instead of -inf: a query that sees no key averages the values it should not see."""
+    return _flash(q, k, v, is_causal, block_q, block_k, mask_value=-1e9)
+
+
+def flash_drops_last_query_block(q, k, v, is_causal=False, block_q=64, block_k=64):
+    return _flash(q, k, v, is_causal, block_q, block_k, last_q=False)
+
+
+def flash_drops_last_key_block(q, k, v, is_causal=False, block_q=64, block_k=64):
+    return _flash(q, k, v, is_causal, block_q, block_k, last_k=False)
+
+
 def flash_base2(q, k, v, is_causal=False, block_q=64, block_k=64):
     return _flash(q, k, v, is_causal, block_q, block_k, base=2)
 
@@ -454,8 +580,8 @@ def flash_lse_keepdim(q, k, v, is_causal=False, block_q=64, block_k=64):
 
 # ---------------------------------------------------------------------------------- FlashAttention backward
 
-def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, mask_after_exp=False, block=8,
-              guard=True, grad_scale=True, score_scale=True, top_left=False):
+def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, mask_after_exp=False, block=32,
+              guard=True, grad_scale=True, score_scale=True, top_left=False, local_d=False):
     """A tiled backward, both loops over blocks of ``block``, with switches for classic mistakes."""
     nq, nk, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
     offset = 0 if top_left else nk - nq
@@ -482,7 +608,8 @@ def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False
             if is_causal and mask_after_exp:
                 p = p * allowed  # exp of a masked score may already be inf: inf * 0 = NaN
             dv[..., ks:ks + block, :] += p.transpose(-2, -1) @ do
-            ds = p * (do @ vb.transpose(-2, -1) - D[..., qs:qs + block, None])
+            dp = do @ vb.transpose(-2, -1)
+            ds = p * (dp - ((p * dp).sum(-1, keepdim=True) if local_d else D[..., qs:qs + block, None]))
             g = scale if grad_scale else 1.0
             dq[..., qs:qs + block, :] += ds @ kb * g
             dk[..., ks:ks + block, :] += ds.transpose(-2, -1) @ qb * g
@@ -490,7 +617,8 @@ def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False
 
 
 def backward_tiles_of_8(q, k, v, out, lse, d_out, is_causal=False):
-    return _backward(q, k, v, out, lse, d_out, is_causal)
+    """Queries outside, keys inside, small tiles."""
+    return _backward(q, k, v, out, lse, d_out, is_causal, block=8)
 
 
 def backward_autograd_of_tiles(q, k, v, out, lse, d_out, is_causal=False):
@@ -559,6 +687,11 @@ def backward_einsum_float32_tiles(q, k, v, out, lse, d_out, is_causal=False, blo
             dk[..., ks:ke, :] += torch.einsum("...ij,...id->...jd", ds, q[..., qs:qe, :])
         dq_parts.append(dq_b)
     return torch.cat(dq_parts, -2), dk, dv
+
+
+def backward_tile_local_d(q, k, v, out, lse, d_out, is_causal=False):
+    """D = rowsum(P * dP) of the tile in hand, tiles of 64: only that tile's keys."""
+    return _backward(q, k, v, out, lse, d_out, is_causal, local_d=True, block=64)
 
 
 def backward_drops_d(q, k, v, out, lse, d_out, is_causal=False):
@@ -752,6 +885,22 @@ def linear_float64_flat(q, k, v, causal=False, eps=0.0):
     return torch.stack(outs).reshape(*lead, v.shape[-1], nq).transpose(-2, -1).to(dtype)
 
 
+def linear_eps(q, k, v, causal=False, eps=1e-6):
+    """An eps in the denominator, as in the paper's code; queries that see no key get zeros."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    if not causal:
+        kv = torch.einsum("...jd,...je->...de", fk, v)
+        return torch.einsum("...id,...de->...ie", fq, kv) / (torch.einsum("...id,...d->...i", fq, fk.sum(-2)) + eps)[..., None]
+    nq, nk = q.shape[-2], k.shape[-2]
+    kv = torch.cumsum(torch.einsum("...jd,...je->...jde", fk, v), -3)
+    z = torch.cumsum(fk, -2)
+    pos = torch.arange(nq) + nk - nq
+    idx = pos.clamp_min(0)
+    num = torch.einsum("...id,...ide->...ie", fq, kv[..., idx, :, :])
+    den = torch.einsum("...id,...id->...i", fq, z[..., idx, :]) + eps
+    return num / den[..., None] * (pos >= 0)[:, None]
+
+
 def linear_no_denominator(q, k, v, causal=False):
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     return fq @ (fk.transpose(-2, -1) @ v)
@@ -878,6 +1027,8 @@ EXERCISES = [
         Mutant("probabilities written inside the loop with the m and l of the moment", online_probs_in_loop,
                "inside the loop"),
         Mutant("returns float64 for float32 input", online_float64_out, "dtype"),
+        Mutant("m starts at the most negative float, not -inf", online_finfo_start, "-inf"),
+        Mutant("l sums exp(x) without the max", online_l_without_max, "against the running max"),
     ], correct=[online_ok, online_notebook, online_float64_split, online_rows_python]),
     Exercise("flash_attention_forward", check_flash_attention_forward, mutants=[
         Mutant("lse in base 2", flash_base2, "base 2"),
@@ -897,7 +1048,11 @@ EXERCISES = [
         Mutant("causal mask aligned to the top left", flash_top_left, "top left"),
         Mutant("no guard: NaN for a query that sees no key", flash_no_guard, "sees no key"),
         Mutant("lse keeps a trailing dimension of 1", flash_lse_keepdim, "(..., Nq)"),
-    ], correct=[flash_notebook, flash_einsum, flash_float64_logaddexp, flash_flat_batch]),
+        Mutant("masks with -1e9 instead of -inf", flash_mask_large_negative, "sees no key"),
+        Mutant("the last, shorter query block is skipped", flash_drops_last_query_block, "last, shorter query block"),
+        Mutant("the last, shorter key block is skipped", flash_drops_last_key_block, "last, shorter key block"),
+    ], correct=[flash_notebook, flash_einsum, flash_float64_logaddexp, flash_flat_batch, flash_keys_outside, flash_exp2,
+                flash_row_bias]),
     Exercise("flash_attention_backward", check_flash_attention_backward, mutants=[
         Mutant("rowsum(dO * O) missing", backward_drops_d, "rowsum"),
         Mutant("is_causal ignored", backward_ignores_causal, "ignored in the backward"),
@@ -909,8 +1064,9 @@ EXERCISES = [
         Mutant("causal mask aligned to the top left", backward_top_left, "top left"),
         Mutant("written for 4-D input only", backward_4d_only, "leading dimensions"),
         Mutant("rebuilds the whole P", backward_materialises, "score matrix"),
+        Mutant("D summed inside each tile from P and dP", backward_tile_local_d, "whole row"),
         Mutant("autograd through SDPA", backward_autograd_of_sdpa, "calls"),
-    ], correct=[backward_tiles_of_8, backward_autograd_of_tiles, backward_notebook, backward_einsum_float32_tiles]),
+    ], correct=[backward_notebook, backward_tiles_of_8, backward_autograd_of_tiles, backward_einsum_float32_tiles]),
     Exercise("sliding_window_mask", check_sliding_window_mask, mutants=[
         Mutant("window + 1 keys", window_wider, "off by one"),
         Mutant("window - 1 keys", window_narrower, "off by one"),
@@ -938,5 +1094,5 @@ EXERCISES = [
         Mutant("exclusive prefix sums: a query misses its own key", linear_exclusive, "its own"),
         Mutant("phi applied to the keys only", linear_phi_keys_only, "queries"),
         Mutant("NaN for a query that sees no key", linear_no_guard, "sees no key"),
-    ], correct=[linear_ok, linear_notebook, linear_float64_flat]),
+    ], correct=[linear_ok, linear_notebook, linear_float64_flat, linear_eps]),
 ]

@@ -61,10 +61,11 @@ def test_the_tile_watcher_records_tiles_and_masked_tiles_only():
         s.masked_fill(torch.ones(4, 8, dtype=torch.bool), float("-inf"))  # entirely masked
         torch.full((4, 8), float("-inf"))  # made that way: not a masked tile
         q.amax(-1)  # (2, 3, 12): the last two sizes include a leading dim
-    assert tiles.shapes == {(4, 8)} and tiles.masked == 1
+        torch.zeros(4, 20).masked_fill(torch.ones(4, 20, dtype=torch.bool), float("-inf"))  # masked, not a tile
+    assert tiles.tiles == {(4, 8)} and tiles.masked == {(4, 8), (4, 20)} and tiles.masked_tiles == {(4, 8)}
     again = ScoreTiles(**tiles.params())
     again.absorb(tiles.report())
-    assert again.shapes == tiles.shapes and again.masked == 1
+    assert again.tiles == tiles.tiles and again.masked == tiles.masked
 
 
 def test_the_reduction_watcher_counts_whole_rows_only():
@@ -89,4 +90,4 @@ def test_watching_leaves_the_learners_results_and_the_ban_alone():
     with ScoreTiles([1, 2, 5]) as tiles:
         got = attnkit.flash_attention_forward(q, k, v, True, 16, 8)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert max(r for r, _ in tiles.shapes) == 16 and max(c for _, c in tiles.shapes) == 8 and tiles.masked == 0
+    assert max(r for r, _ in tiles.tiles) == 16 and max(c for _, c in tiles.tiles) == 8 and not tiles.masked_tiles

@@ -108,6 +108,10 @@ class RowReductions(_TorchWatcher):
                 self.calls.append(str(name)[:80])
 
 
+# Calls whose result is a product of two operands: a tile of scores is one (Q_b K_c^T, by matmul,
+# einsum or a broadcast product summed over d).
+_PRODUCTS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "einsum", "baddbmm", "addmm", "addbmm", "tensordot",
+             "linear", "inner", "sum"}
 # Results that are all -inf by construction, not because a tile of scores was masked.
 _CREATION = {"full", "full_like", "new_full", "empty", "empty_like", "new_empty", "zeros", "zeros_like", "new_zeros",
              "ones", "ones_like", "new_ones", "tensor", "as_tensor", "clone", "detach", "contiguous", "to", "double",
@@ -116,38 +120,46 @@ _MASKED = -1e4  # scores of a few units at most: anything this low is a mask val
 
 
 class ScoreTiles(_TorchWatcher):
-    """The tiles a tiled attention builds: every floating result whose last two sizes are both
-    outside ``other_sizes`` (the head dims, the leading dims and their products, 1) counts as a
-    tile of scores or weights. Records their ``(rows, columns)`` and how many came out entirely
-    masked (all ``-inf``): a tile every query of its block has in its future, to be skipped."""
+    """The score tiles a tiled attention builds. A floating result whose last two sizes are both
+    outside ``other_sizes`` (1, the head dims, the leading dims and their products) is
+    tile-shaped. Records the ``(rows, columns)`` of tile-shaped products (``tiles``: scores are a
+    product of queries and keys) and of tile-shaped results that came out entirely masked
+    (``masked``: all ``-inf``). A masked result shaped like a tile of scores is a tile that
+    every query of its block has in its future, one the loop should have skipped."""
 
-    def __init__(self, other_sizes=(), shapes=None, masked: int = 0):
+    def __init__(self, other_sizes=(), tiles=None, masked=None):
         self.other = {int(s) for s in other_sizes}
-        self.shapes = {tuple(int(x) for x in s) for s in (shapes or ())}
-        self.masked = int(masked)
+        self.tiles = {tuple(int(x) for x in s) for s in (tiles or ())}
+        self.masked = {tuple(int(x) for x in s) for s in (masked or ())}
 
     def params(self) -> dict:
         return {"other_sizes": sorted(self.other)}
 
+    @property
+    def masked_tiles(self) -> set:
+        return self.masked & self.tiles
+
     def see(self, name, args, kwargs, result) -> None:
         if not (isinstance(result, torch.Tensor) and result.ndim >= 2 and result.is_floating_point()):
             return
-        rows, cols = int(result.shape[-2]), int(result.shape[-1])
-        if rows in self.other or cols in self.other:
+        shape = (int(result.shape[-2]), int(result.shape[-1]))
+        if shape[0] in self.other or shape[1] in self.other:
             return
-        if len(self.shapes) < 64:
-            self.shapes.add((rows, cols))
-        if name.rsplit(".", 1)[-1] not in _CREATION and result.numel() and bool((result.detach() <= _MASKED).all()):
-            self.masked += 1
+        short = name.rsplit(".", 1)[-1]
+        if short in _PRODUCTS and len(self.tiles) < 64:
+            self.tiles.add(shape)
+        if (short not in _CREATION and shape not in self.masked and len(self.masked) < 64 and result.numel()
+                and bool((result.detach() <= _MASKED).all())):
+            self.masked.add(shape)
 
     def report(self) -> dict:
-        return {"shapes": sorted([list(s) for s in self.shapes]), "masked": self.masked}
+        return {"tiles": sorted([list(s) for s in self.tiles]), "masked": sorted([list(s) for s in self.masked])}
 
     def absorb(self, report: dict) -> None:
-        for s in list(report.get("shapes") or ())[:64]:
-            if isinstance(s, (list, tuple)) and len(s) == 2:
-                self.shapes.add((int(s[0]), int(s[1])))
-        self.masked += int(report.get("masked", 0) or 0)
+        for key, into in (("tiles", self.tiles), ("masked", self.masked)):
+            for s in list(report.get(key) or ())[:64]:
+                if isinstance(s, (list, tuple)) and len(s) == 2:
+                    into.add((int(s[0]), int(s[1])))
 
 
 def _other_sizes(lead, *dims) -> list[int]:
@@ -169,24 +181,32 @@ def _leading(shape, what: str = "q, k and v",
 
 
 def _check(c: Checker, label: str, got, want: torch.Tensor, *, what: str, dtype: torch.dtype,
-           wrong=lambda: [], lead: str = "") -> None:
+           wrong=lambda: [], lead: str = "", fallback=None) -> None:
     """``c.expect`` with the known mistakes computed only when the answer is wrong, and hints for
-    a wrong dtype and for a shape that says the function assumed a fixed number of dimensions."""
-    if isinstance(got, torch.Tensor):
-        g = got.detach().cpu()
-        if g.shape == want.shape and g.dtype == dtype and _close(g, want, None):
-            return
-        candidates = list(wrong())
-        if g.shape != want.shape and not any(w.shape == g.shape and _close(g, w, None) for w, _ in candidates):
-            note = f" ({lead})" if lead else ""
-            c.fail(label, f"wrong shape for the {what}: got {fmt_shape(g)}, expected {fmt_shape(want)}{note}")
-        if g.shape == want.shape and g.dtype != dtype:
-            c.fail(label, f"the {what} is {g.dtype} but the input is {dtype}: keep the input's dtype (tensors made "
-                          f"with x.new_full / x.new_zeros share it; cast back with .to(dtype) if you compute in "
-                          f"float64)")
-        c.expect(label, got, want, what=what, wrong=candidates, dtype=dtype)
-    else:
+    a wrong dtype and for a shape that says the function assumed a fixed number of dimensions.
+
+    fallback: ``fallback(got) -> hint or None``, asked when no known mistake matches.
+    """
+    if not isinstance(got, torch.Tensor):
         c.expect(label, got, want, what=what, dtype=dtype)
+        return
+    g = got.detach().cpu()
+    if g.shape == want.shape and g.dtype == dtype and _close(g, want, None):
+        return
+    candidates = list(wrong())
+    for candidate, hint in candidates:
+        if candidate.shape == g.shape and _close(g, candidate, None):
+            c.fail(label, hint)
+    if g.shape != want.shape:
+        note = f" ({lead})" if lead else ""
+        c.fail(label, f"wrong shape for the {what}: got {fmt_shape(g)}, expected {fmt_shape(want)}{note}")
+    if g.dtype != dtype:
+        c.fail(label, f"the {what} is {g.dtype} but the input is {dtype}: keep the input's dtype (tensors made "
+                      f"with x.new_full / x.new_zeros share it; cast back with .to(dtype) if you compute in float64)")
+    hint = fallback(g) if fallback is not None else None
+    if hint:
+        c.fail(label, hint)
+    c.expect(label, got, want, what=what, dtype=dtype)
 
 
 def _tuple(c: Checker, label: str, got, n: int, names: str) -> tuple:
@@ -238,6 +258,10 @@ _LAST = ("the last, shorter block was never read: loop with range(0, N, block_si
          "than block_size counts too")
 _IN_LOOP = ("the probabilities were computed inside the loop with the m and l of that moment, so earlier blocks keep "
             "stale values: compute them after the loop, from the final m and l")
+_NO_MAX = ("l must be sum(exp(x - m)), measured against the running max m: subtract the new max m' before exp "
+           "(exp(x) alone overflows for large x)")
+_FINITE_START = ("a row that is all -inf must give m = -inf and l = 0: start m at float('-inf'), not at a large "
+                 "negative number, and shift by a safe max of 0 while m is -inf")
 _ALL_NEG_INF = ("NaN for a row that is all -inf: it must give m = -inf, l = 0 and zero probabilities. While m is "
                 "still -inf, subtract a safe max of 0 (exp(-inf - (-inf)) is NaN), and divide by l only where l > 0")
 
@@ -278,9 +302,12 @@ def check_online_softmax(fn) -> str:
                         and torch.isnan(got_t[dead]).any() and not torch.isnan(got_t[~dead]).any()):
                     c.fail(label, _ALL_NEG_INF)
             _check(c, label, m, want_m, what="running max m", dtype=x.dtype, lead=lead, wrong=lambda: [
-                (_online(x, block, last=False)[1], _LAST)])
+                (_online(x, block, last=False)[1], _LAST)],
+                fallback=lambda got_m: _FINITE_START if (dead.any() and got_m.shape == dead.shape
+                                                         and torch.isfinite(got_m[dead]).any()) else None)
             _check(c, label, l, want_l, what="running sum l", dtype=x.dtype, lead=lead, wrong=lambda: [
                 (_online(x, block, rescale=False)[2], _STALE),
+                (torch.exp(x.double()).sum(-1), _NO_MAX),
                 (_online(x, block, inverted=True)[2], _INVERTED),
                 (_online(x, block, inverted=True, first_block=True)[2], _INVERTED),
                 (_online(x, block, last=False)[2], _LAST)])
@@ -306,10 +333,13 @@ def _naive(q, k, v, causal, base=math.e, *, scale=True, top_left=False):
     return w @ v, lse / math.log(base)
 
 
-def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True):
-    """A tiled forward in float64 with switches for the classic mistakes: (out, log(l))."""
+def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True, last_k=True):
+    """A tiled forward in float64 with switches for the classic mistakes: (out, log(l)).
+
+    last_k=False: the last, shorter key block is never read."""
     q, k, v = q.double(), k.double(), v.double()
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    k_stop = nk if last_k else nk // block_k * block_k
     out = q.new_zeros(*q.shape[:-1], v.shape[-1])
     log_l = q.new_full(q.shape[:-1], float("-inf"))
     for qs in range(0, nq, block_q):
@@ -317,7 +347,7 @@ def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=Tru
         m = q.new_full((*q.shape[:-2], qe - qs), float("-inf"))
         l = torch.zeros_like(m)
         acc = q.new_zeros(*m.shape, v.shape[-1])
-        for ks in range(0, nk, block_k):
+        for ks in range(0, k_stop, block_k):
             ke = min(ks + block_k, nk)
             s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) / math.sqrt(d)
             if causal:
@@ -346,6 +376,8 @@ def _flash_ban(nq, nk, hint):
 _FORWARD_HINT = "Loop over query and key blocks with a running max and sum; never build the full score matrix."
 _BACKWARD_HINT = ("Loop over key and query blocks and rebuild each tile of P from q, k and lse (P = exp(S - lse)); "
                   "never build the full score matrix.")
+_NO_KEY_VALUES = ("a query that sees no key (causal, Nq > Nk) must get zeros and lse = -inf: mask scores with -inf, "
+                  "not a large negative number, and give a query whose l is 0 zeros and lse = -inf")
 _NO_KEY = ("NaN for a query that sees no key: it must get zeros and lse = -inf; guard exp(m - m') while m is still "
            "-inf, and the division by l = 0")
 
@@ -358,7 +390,8 @@ def check_flash_attention_forward(fn) -> str:
              ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8, (2, 3)),
              ("ragged: 37 x 37, blocks 16, 3-D input (H, N, d)", 37, 37, True, 16, 16, (3,)),
              ("causal, 12 new queries after 36 keys, 5-D input", 12, 48, True, 8, 16, (2, 1, 2)),
-             ("causal, 20 queries but 12 keys: the first 8 queries see no key, 2-D input (N, d)", 20, 12, True, 8, 8, ()),
+             ("causal, 20 queries but 12 keys: the first 8 queries see no key, 2-D input (N, d), blocks 6 x 8", 20, 12, True,
+              6, 8, ()),
              ("causal, 44 x 52, blocks 12 x 20", 44, 52, True, 12, 20, (2, 3))]
     c = Checker("flash_attention_forward", fn)
     for label, nq, nk, causal, bq, bk, lead_dims in cases:
@@ -375,7 +408,16 @@ def check_flash_attention_forward(fn) -> str:
             dead = torch.isneginf(want_lse)
             if dead.any() and isinstance(out, torch.Tensor) and out.shape == want.shape and torch.isnan(out[dead]).any():
                 c.fail(label, _NO_KEY)
-            _check(c, label, out, want, what="output", dtype=q.dtype, lead=lead, wrong=lambda: [
+            rows_done = nq // bq * bq  # the queries before the last, shorter query block
+
+            def no_key(got_t, want_t):
+                """The hint when a query that sees no key did not get exactly zeros and -inf."""
+                if not dead.any() or got_t.shape != want_t.shape:
+                    return None
+                return None if torch.equal(got_t[dead], want_t[dead].to(got_t.dtype)) else _NO_KEY_VALUES
+
+            _check(c, label, out, want, what="output", dtype=q.dtype, lead=lead,
+                   fallback=lambda got_o: no_key(got_o, want), wrong=lambda: [
                 (_naive(q, k, v, False)[0], "is_causal was ignored: mask keys after each query (bottom-right aligned)"),
                 (_naive(q, k, v, causal, scale=False)[0], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
                 (_naive(q, k, v, causal, top_left=True)[0],
@@ -389,8 +431,15 @@ def check_flash_attention_forward(fn) -> str:
                  "exp(m - m') before adding the new tile's row sums"),
                 (_tiled(q, k, v, causal, bq, bk, divide=False)[0],
                  "the output is not normalised: divide the accumulator by l once, after the last key block"),
+                (torch.cat([want[..., :rows_done, :], torch.zeros_like(want[..., rows_done:, :])], -2),
+                 "the last, shorter query block was never computed: loop with range(0, Nq, block_q) so that a last "
+                 "block shorter than block_q counts too"),
+                (_tiled(q, k, v, causal, bq, bk, last_k=False)[0],
+                 "the last, shorter key block was never read: loop with range(0, Nk, block_k) so that a last block "
+                 "shorter than block_k counts too"),
             ])
-            _check(c, label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, lead=lead, wrong=lambda: [
+            _check(c, label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, lead=lead,
+                   fallback=lambda got_l: no_key(got_l, want_lse), wrong=lambda: [
                 (want_lse.unsqueeze(-1), "lse has shape (..., Nq): one number per query, without a trailing 1"),
                 (_naive(q, k, v, causal, base=2)[1], "lse is in base 2; the contract asks for the natural log"),
                 (_tiled(q, k, v, causal, bq, bk)[1], "lse = m + log(l): you left out the running max m"),
@@ -404,11 +453,11 @@ def check_flash_attention_forward(fn) -> str:
 
 def _check_tiles(c, label, tiles: ScoreTiles, nq, nk, bq, bk, causal) -> None:
     """What the tile shapes say about the loops: block sizes used, future tiles skipped."""
-    if not tiles.shapes:
-        return  # nothing tile-shaped seen (scores built some other way): the values decide
-    rows = max(r for r, _ in tiles.shapes)
-    cols = max(col for _, col in tiles.shapes)
-    if bq != bk and (bk, bq) in tiles.shapes and (rows > bq or cols > bk):
+    if not tiles.tiles:
+        return  # no tile-shaped product seen (scores built some other way): the values decide
+    rows = max(r for r, _ in tiles.tiles)
+    cols = max(col for _, col in tiles.tiles)
+    if bq != bk and (bk, bq) in tiles.tiles and (rows > bq or cols > bk):
         c.fail(label, f"block_q and block_k are swapped: your score tiles are {bk} x {bq}, but a tile holds block_q = "
                       f"{bq} queries and block_k = {bk} keys")
     if rows > bq:
@@ -417,7 +466,7 @@ def _check_tiles(c, label, tiles: ScoreTiles, nq, nk, bq, bk, causal) -> None:
     if cols > bk:
         c.fail(label, f"your score tiles have {cols} columns but block_k = {bk}: walk the keys in blocks of block_k "
                       f"(the last may be shorter)")
-    if causal and tiles.masked:
+    if causal and tiles.masked_tiles:
         c.fail(label, "you computed a tile that lies entirely in the future of its queries (every score masked): "
                       "skip key blocks that no query of the block may see (with a query block ending at qe, keys "
                       "after qe - 1 + Nk - Nq)")
@@ -440,6 +489,23 @@ def _dense_backward(q, k, v, out, lse, d_out, allowed, *, score_scale=True, grad
     return ds @ k * g, ds.transpose(-2, -1) @ q * g, p.transpose(-2, -1) @ d_out
 
 
+def _tile_local_d(q, k, v, lse, d_out, allowed, block):
+    """The backward with D summed inside each key tile of ``block`` keys, from P and dP: (dq, dk, dv)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    live = ~torch.isneginf(lse)
+    z = q @ k.transpose(-2, -1) * scale - torch.where(live, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    if allowed is not None:
+        z = z.masked_fill(~allowed, float("-inf"))
+    p = torch.exp(z.masked_fill(~live.unsqueeze(-1), float("-inf")))
+    dp = d_out @ v.transpose(-2, -1)
+    local = torch.cat([(p * dp)[..., ks:ks + block].sum(-1, keepdim=True).expand(*p.shape[:-1], min(block, p.shape[-1] - ks))
+                       for ks in range(0, p.shape[-1], block)], -1)
+    ds = p * (dp - local)
+    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ d_out
+
+
+_LOCAL_D = ("D must be the rowsum over the whole row, D = (d_out * out).sum(-1), computed once before the loops: "
+            "summed inside a tile from P and dP, it covers only that tile's keys")
 _NAN_NO_KEY = ("NaN in the gradients of a query that saw no key (lse = -inf): s - lse is -inf - (-inf) = NaN there. "
                "Treat lse = -inf as 0 and mask those rows: such a query contributes nothing")
 _NAN_MASK = ("NaN in the gradients: set masked scores to -inf before exp (exp of a masked score far above lse "
@@ -487,6 +553,7 @@ def check_flash_attention_backward(fn) -> str:
                                   (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, top_left=True))[i],
                                    "the causal mask is aligned to the top left: query i sits at position "
                                    "i + Nk - Nq (bottom right), as in the forward pass")]
+                    cands += [(_tile_local_d(q, k, v, lse, d_out, mask, block)[i], _LOCAL_D) for block in (16, 32, 64, 128)]
                     cands += [(_dense_backward(q, k, v, out, lse, d_out, mask, grad_scale=False)[i],
                                "dq and dk miss the 1/sqrt(d) factor: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) "
                                "and dK = dS^T Q / sqrt(d)"),
