@@ -4,6 +4,7 @@ give, and correct implementations written in different styles (see tests/library
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -87,6 +88,24 @@ def online_rows_python(x, block_size):
     shape = x.shape[:-1]
     return (torch.stack(probs).reshape(x.shape), torch.tensor(ms, dtype=x.dtype).reshape(shape),
             torch.tensor(ls, dtype=x.dtype).reshape(shape))
+
+
+def online_padded_blocks(x, block_size):
+    """The row padded with -inf to whole blocks and reshaped to (..., blocks, block_size); every
+    block's max at once, then the running update block by block."""
+    n = x.shape[-1]
+    n_blocks = -(-n // block_size)
+    blocks = F.pad(x, (0, n_blocks * block_size - n), value=NEG).reshape(*x.shape[:-1], n_blocks, block_size)
+    block_max = blocks.amax(-1)  # (..., n_blocks)
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for b in range(n_blocks):
+        m_new = torch.maximum(m, block_max[..., b])
+        safe = torch.where(m_new.isneginf(), 0.0, m_new)
+        l = l * (m - safe).exp() + (blocks[..., b, :] - safe[..., None]).exp().sum(-1)
+        m = m_new
+    safe = torch.where(m.isneginf(), 0.0, m)
+    return (x - safe[..., None]).exp() / torch.where(l > 0, l, 1.0)[..., None], m, l
 
 
 def online_no_rescale(x, block_size):
@@ -240,6 +259,34 @@ def online_l_without_max(x, block_size):
     return torch.exp(x - safe[..., None]) / torch.where(l > 0, l, torch.ones_like(l))[..., None], m, l
 
 
+def online_block_own_max(x, block_size):
+    """Rescales l to the new max, but sums the new block against its own max."""
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        b_max = b.amax(-1)
+        m_new = torch.maximum(m, b_max)
+        safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        own = torch.where(torch.isneginf(b_max), torch.zeros_like(b_max), b_max)
+        l = l * torch.exp(m - safe) + torch.exp(b - own[..., None]).sum(-1)
+        m = m_new
+    safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    return torch.exp(x - safe[..., None]) / torch.where(l > 0, l, torch.ones_like(l))[..., None], m, l
+
+
+def online_global_max(x, block_size):
+    """block.max(): one max over every row of the block."""
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        m_new = torch.maximum(m, b.max())
+        l = l * torch.exp(m - m_new) + torch.exp(b - m_new[..., None]).sum(-1)
+        m = m_new
+    return torch.exp(x - m[..., None]) / l[..., None], m, l
+
+
 def online_calls_softmax(x, block_size):
     return torch.softmax(x, -1), x.amax(-1), torch.ones(x.shape[:-1])
 
@@ -287,12 +334,13 @@ def flash_notebook(q, k, v, is_causal=False, block_q=64, block_k=64):
 
 def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, causal=None, skip=True,
            rescale_acc=True, rescale_l=True, divide=True, lse_max=True, scaled=True, top_left=False,
-           guard=True, rows=None, cols=None, mask_value=-math.inf, last_q=True, last_k=True):
+           guard=True, rows=None, cols=None, mask_value=-math.inf, last_q=True, last_k=True, strict=False,
+           old_max=False):
     """A tiled forward written the einsum way, with switches for the classic mistakes."""
     causal = is_causal if causal is None else causal
     rows, cols = rows or block_q, cols or block_k
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
-    offset = 0 if top_left else nk - nq
+    offset = (0 if top_left else nk - nq) - strict
     out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     lse = torch.full(q.shape[:-1], -math.inf, dtype=q.dtype)
     for qs in range(0, nq if last_q else nq // rows * rows, rows):
@@ -313,7 +361,7 @@ def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, cau
                 s = s.masked_fill(j > i, mask_value)
             m2 = torch.maximum(m, s.max(-1).values)
             b = torch.nan_to_num(m2, neginf=0.0) if guard else m2
-            p = torch.exp(s - b[..., None])
+            p = torch.exp(s - (torch.where(torch.isneginf(m), b, m) if old_max else b)[..., None])
             a = torch.exp(m - b)
             l = (a * l if rescale_l else l) + p.sum(-1)
             acc = (a[..., None] * acc if rescale_acc else acc) + p @ v[..., ks:ks + cols, :]
@@ -499,6 +547,16 @@ def flash_drops_last_key_block(q, k, v, is_causal=False, block_q=64, block_k=64)
     return _flash(q, k, v, is_causal, block_q, block_k, last_k=False)
 
 
+def flash_loop_over_heads(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """One (N, d) problem at a time: a loop over every index of the leading dimensions."""
+    lead = q.shape[:-2]
+    out = q.new_empty(*lead, q.shape[-2], v.shape[-1])
+    lse = q.new_empty(*lead, q.shape[-2])
+    for idx in itertools.product(*(range(n) for n in lead)):
+        out[idx], lse[idx] = flash_notebook(q[idx], k[idx], v[idx], is_causal, block_q, block_k)
+    return out, lse
+
+
 def flash_base2(q, k, v, is_causal=False, block_q=64, block_k=64):
     return _flash(q, k, v, is_causal, block_q, block_k, base=2)
 
@@ -573,6 +631,16 @@ def flash_no_guard(q, k, v, is_causal=False, block_q=64, block_k=64):
     return _flash(q, k, v, is_causal, block_q, block_k, guard=False)
 
 
+def flash_strict_mask(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Masks j >= i': the key at the query's own position is masked too."""
+    return _flash(q, k, v, is_causal, block_q, block_k, strict=True)
+
+
+def flash_p_with_old_max(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """P = exp(S - m) with the max before this tile (the new one at the first tile)."""
+    return _flash(q, k, v, is_causal, block_q, block_k, old_max=True)
+
+
 def flash_lse_keepdim(q, k, v, is_causal=False, block_q=64, block_k=64):
     out, lse = flash_notebook(q, k, v, is_causal, block_q, block_k)
     return out, lse.unsqueeze(-1)
@@ -581,10 +649,10 @@ def flash_lse_keepdim(q, k, v, is_causal=False, block_q=64, block_k=64):
 # ---------------------------------------------------------------------------------- FlashAttention backward
 
 def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, mask_after_exp=False, block=32,
-              guard=True, grad_scale=True, score_scale=True, top_left=False, local_d=False):
+              guard=True, grad_scale=True, score_scale=True, top_left=False, local_d=False, strict=False):
     """A tiled backward, both loops over blocks of ``block``, with switches for classic mistakes."""
     nq, nk, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
-    offset = 0 if top_left else nk - nq
+    offset = (0 if top_left else nk - nq) - strict
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     D = torch.zeros_like(lse) if drop_d else (d_out * out).sum(-1)
     live = ~torch.isneginf(lse)
@@ -694,6 +762,31 @@ def backward_tile_local_d(q, k, v, out, lse, d_out, is_causal=False):
     return _backward(q, k, v, out, lse, d_out, is_causal, local_d=True, block=64)
 
 
+def backward_keys_outside(q, k, v, out, lse, d_out, is_causal=False, block=48):
+    """Keys outside, starting each key block at the first query block that can see it."""
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    off, scale = nk - nq, d ** -0.5
+    D = (d_out * out).sum(-1)
+    live = ~lse.isneginf()
+    lse0 = torch.where(live, lse, 0.0)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for ks in range(0, nk, block):
+        ke = min(nk, ks + block)
+        first = max(0, ks - off) if is_causal else 0  # queries before this one see none of these keys
+        for qs in range(first // block * block, nq, block):
+            qe = min(nq, qs + block)
+            z = q[..., qs:qe, :] @ k[..., ks:ke, :].mT * scale - lse0[..., qs:qe, None]
+            keep = live[..., qs:qe, None]
+            if is_causal:
+                keep = keep & (torch.arange(ks, ke) <= torch.arange(qs, qe)[:, None] + off)
+            p = torch.where(keep, z, NEG).exp()
+            dv[..., ks:ke, :] += p.mT @ d_out[..., qs:qe, :]
+            ds = p * (d_out[..., qs:qe, :] @ v[..., ks:ke, :].mT - D[..., qs:qe, None]) * scale
+            dq[..., qs:qe, :] += ds @ k[..., ks:ke, :]
+            dk[..., ks:ke, :] += ds.mT @ q[..., qs:qe, :]
+    return dq, dk, dv
+
+
 def backward_drops_d(q, k, v, out, lse, d_out, is_causal=False):
     return _backward(q, k, v, out, lse, d_out, is_causal, drop_d=True)
 
@@ -727,6 +820,10 @@ def backward_unscaled_scores(q, k, v, out, lse, d_out, is_causal=False):
 
 def backward_top_left(q, k, v, out, lse, d_out, is_causal=False):
     return _backward(q, k, v, out, lse, d_out, is_causal, top_left=True)
+
+
+def backward_strict_mask(q, k, v, out, lse, d_out, is_causal=False):
+    return _backward(q, k, v, out, lse, d_out, is_causal, strict=True)
 
 
 def backward_4d_only(q, k, v, out, lse, d_out, is_causal=False):
@@ -901,6 +998,22 @@ def linear_eps(q, k, v, causal=False, eps=1e-6):
     return num / den[..., None] * (pos >= 0)[:, None]
 
 
+def linear_per_query(q, k, v, causal=False):
+    """The definition, one query at a time: the sums over the keys it may see."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    nq, nk = q.shape[-2], k.shape[-2]
+    outs = []
+    for i in range(nq):
+        upto = i + nk - nq + 1 if causal else nk  # keys 0 .. upto - 1
+        if upto <= 0:
+            outs.append(q.new_zeros(*q.shape[:-2], v.shape[-1]))
+            continue
+        S = fk[..., :upto, :].mT @ v[..., :upto, :]  # (..., d, dv)
+        z = fk[..., :upto, :].sum(-2)  # (..., d)
+        outs.append((fq[..., i:i + 1, :] @ S).squeeze(-2) / (fq[..., i, :] * z).sum(-1, keepdim=True))
+    return torch.stack(outs, -2)
+
+
 def linear_no_denominator(q, k, v, causal=False):
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     return fq @ (fk.transpose(-2, -1) @ v)
@@ -915,6 +1028,18 @@ def linear_no_denominator_causal(q, k, v, causal=False):
     S = torch.cumsum(fk.unsqueeze(-1) * v.unsqueeze(-2), dim=-3)
     last = torch.arange(nq) + nk - nq
     return (fq.unsqueeze(-2) @ S[..., last.clamp_min(0), :, :]).squeeze(-2) * (last >= 0).unsqueeze(-1)
+
+
+def linear_full_normaliser(q, k, v, causal=False):
+    """Causal prefix sums in the numerator, the sum over all keys in the normaliser."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    if not causal:
+        return _kernelised(fq, fk, v, False)
+    nq, nk = q.shape[-2], k.shape[-2]
+    S = torch.cumsum(fk.unsqueeze(-1) * v.unsqueeze(-2), dim=-3)
+    last = torch.arange(nq) + nk - nq
+    num = (fq.unsqueeze(-2) @ S[..., last.clamp_min(0), :, :]).squeeze(-2) * (last >= 0).unsqueeze(-1)
+    return num / (fq @ fk.sum(-2).unsqueeze(-1))
 
 
 def linear_causal_flipped(q, k, v, causal=False):
@@ -1029,7 +1154,10 @@ EXERCISES = [
         Mutant("returns float64 for float32 input", online_float64_out, "dtype"),
         Mutant("m starts at the most negative float, not -inf", online_finfo_start, "-inf"),
         Mutant("l sums exp(x) without the max", online_l_without_max, "against the running max"),
-    ], correct=[online_ok, online_notebook, online_float64_split, online_rows_python]),
+        Mutant("the new block summed against its own max, l rescaled to the new one", online_block_own_max,
+               "not against the block's own max"),
+        Mutant("block.max(): one max for every row", online_global_max, "block.amax(dim=-1)"),
+    ], correct=[online_ok, online_notebook, online_float64_split, online_rows_python, online_padded_blocks]),
     Exercise("flash_attention_forward", check_flash_attention_forward, mutants=[
         Mutant("lse in base 2", flash_base2, "base 2"),
         Mutant("is_causal ignored", flash_ignores_causal, "is_causal was ignored"),
@@ -1051,8 +1179,10 @@ EXERCISES = [
         Mutant("masks with -1e9 instead of -inf", flash_mask_large_negative, "sees no key"),
         Mutant("the last, shorter query block is skipped", flash_drops_last_query_block, "last, shorter query block"),
         Mutant("the last, shorter key block is skipped", flash_drops_last_key_block, "last, shorter key block"),
+        Mutant("strict causal mask (j < i')", flash_strict_mask, "strict"),
+        Mutant("P against the max before the tile", flash_p_with_old_max, "new running max"),
     ], correct=[flash_notebook, flash_einsum, flash_float64_logaddexp, flash_flat_batch, flash_keys_outside, flash_exp2,
-                flash_row_bias]),
+                flash_row_bias, flash_loop_over_heads]),
     Exercise("flash_attention_backward", check_flash_attention_backward, mutants=[
         Mutant("rowsum(dO * O) missing", backward_drops_d, "rowsum"),
         Mutant("is_causal ignored", backward_ignores_causal, "ignored in the backward"),
@@ -1065,8 +1195,10 @@ EXERCISES = [
         Mutant("written for 4-D input only", backward_4d_only, "leading dimensions"),
         Mutant("rebuilds the whole P", backward_materialises, "score matrix"),
         Mutant("D summed inside each tile from P and dP", backward_tile_local_d, "whole row"),
+        Mutant("strict causal mask (j < i')", backward_strict_mask, "strict"),
         Mutant("autograd through SDPA", backward_autograd_of_sdpa, "calls"),
-    ], correct=[backward_notebook, backward_tiles_of_8, backward_autograd_of_tiles, backward_einsum_float32_tiles]),
+    ], correct=[backward_notebook, backward_tiles_of_8, backward_autograd_of_tiles, backward_einsum_float32_tiles,
+                backward_keys_outside]),
     Exercise("sliding_window_mask", check_sliding_window_mask, mutants=[
         Mutant("window + 1 keys", window_wider, "off by one"),
         Mutant("window - 1 keys", window_narrower, "off by one"),
@@ -1084,6 +1216,7 @@ EXERCISES = [
         Mutant("no normaliser (non-causal form only)", linear_no_denominator, "normaliser"),
         Mutant("no normaliser in either form", linear_no_denominator_causal, "normaliser"),
         Mutant("causal flag inverted", linear_causal_flipped, "causal flag"),
+        Mutant("causal numerator, normaliser over all keys", linear_full_normaliser, "same keys"),
         Mutant("softmax attention", linear_softmax, "instead of forming"),
         Mutant("forms the (Nq, Nk) weights", linear_forms_weights, "instead of forming"),
         Mutant("written for 4-D input only", linear_4d_only, "leading dimensions"),
@@ -1094,5 +1227,5 @@ EXERCISES = [
         Mutant("exclusive prefix sums: a query misses its own key", linear_exclusive, "its own"),
         Mutant("phi applied to the keys only", linear_phi_keys_only, "queries"),
         Mutant("NaN for a query that sees no key", linear_no_guard, "sees no key"),
-    ], correct=[linear_ok, linear_notebook, linear_float64_flat, linear_eps]),
+    ], correct=[linear_ok, linear_notebook, linear_float64_flat, linear_eps, linear_per_query]),
 ]

@@ -47,7 +47,7 @@ def test_a_mistake_only_a_watcher_sees_is_named_through_the_graders_proxy(exerci
     assert m.hint in str(info.value).splitlines()[0], str(info.value)
 
 
-@pytest.mark.parametrize("exercise", ["flash_attention_forward", "online_softmax"])
+@pytest.mark.parametrize("exercise", NAMES)
 def test_every_correct_style_passes_through_the_graders_proxy(exercise):
     for fn in LIBRARY[exercise].correct:
         with remote(fn, exercise) as proxy:

@@ -217,7 +217,7 @@ def _tuple(c: Checker, label: str, got, n: int, names: str) -> tuple:
 
 # ---------------------------------------------------------------- online softmax
 
-def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=True, in_loop=False):
+def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=True, in_loop=False, own_max=False):
     """The online softmax in float64 with switches for the classic mistakes: (probs, m, l)."""
     x = x.double()
     n = x.shape[-1]
@@ -231,7 +231,11 @@ def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=T
         m_new = torch.maximum(m, b.amax(-1))
         safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
         e = torch.exp(b - safe.unsqueeze(-1))
-        if not rescale:  # each block summed against its own max
+        if own_max:  # l rescaled to the new max, the block's exponentials against its own max
+            own = b.amax(-1)
+            own = torch.where(torch.isneginf(own), torch.zeros_like(own), own)
+            l = l * torch.exp(m - safe) + torch.exp(b - own.unsqueeze(-1)).sum(-1)
+        elif not rescale:  # each block summed against its own max
             own = b.amax(-1)
             l = l + torch.exp(b - torch.where(torch.isneginf(own), torch.zeros_like(own), own).unsqueeze(-1)).sum(-1)
         elif inverted and first_block and idx == 0:
@@ -302,12 +306,18 @@ def check_online_softmax(fn) -> str:
                         and torch.isnan(got_t[dead]).any() and not torch.isnan(got_t[~dead]).any()):
                     c.fail(label, _ALL_NEG_INF)
             _check(c, label, m, want_m, what="running max m", dtype=x.dtype, lead=lead, wrong=lambda: [
-                (_online(x, block, last=False)[1], _LAST)],
+                (_online(x, block, last=False)[1], _LAST),
+                (x.double().amax().expand(want_m.shape),
+                 "m is one number for all rows: take each row's max over the block, block.amax(dim=-1), not the "
+                 "max of the whole block (block.max())")],
                 fallback=lambda got_m: _FINITE_START if (dead.any() and got_m.shape == dead.shape
                                                          and torch.isfinite(got_m[dead]).any()) else None)
             _check(c, label, l, want_l, what="running sum l", dtype=x.dtype, lead=lead, wrong=lambda: [
                 (_online(x, block, rescale=False)[2], _STALE),
                 (torch.exp(x.double()).sum(-1), _NO_MAX),
+                (_online(x, block, own_max=True)[2],
+                 "the new block's exponentials must be taken against the new running max m' (exp(x - m')), the max "
+                 "the old sum is rescaled to, not against the block's own max"),
                 (_online(x, block, inverted=True)[2], _INVERTED),
                 (_online(x, block, inverted=True, first_block=True)[2], _INVERTED),
                 (_online(x, block, last=False)[2], _LAST)])
@@ -319,24 +329,27 @@ def check_online_softmax(fn) -> str:
 
 # ---------------------------------------------------------------- FlashAttention forward
 
-def _mask(nq, nk, top_left=False):
-    return torch.ones(nq, nk, dtype=torch.bool).tril(0 if top_left else nk - nq)  # (Nq, Nk)
+def _mask(nq, nk, top_left=False, strict=False):
+    """The causal mask (bottom right; or the classic mistakes: top left, strict j < i')."""
+    return torch.ones(nq, nk, dtype=torch.bool).tril((0 if top_left else nk - nq) - strict)  # (Nq, Nk)
 
 
-def _naive(q, k, v, causal, base=math.e, *, scale=True, top_left=False):
+def _naive(q, k, v, causal, base=math.e, *, scale=True, top_left=False, strict=False):
     q, k, v = q.double(), k.double(), v.double()
     s = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
     if causal:
-        s = s.masked_fill(~_mask(q.shape[-2], k.shape[-2], top_left), float("-inf"))
+        s = s.masked_fill(~_mask(q.shape[-2], k.shape[-2], top_left, strict), float("-inf"))
     lse = torch.logsumexp(s, -1)
     w = reference_softmax(s, -1)
     return w @ v, lse / math.log(base)
 
 
-def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True, last_k=True):
+def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True, last_k=True,
+           old_max=False):
     """A tiled forward in float64 with switches for the classic mistakes: (out, log(l)).
 
-    last_k=False: the last, shorter key block is never read."""
+    last_k=False: the last, shorter key block is never read; old_max: P = exp(S - m) with the
+    max before this tile (the new one while m is still -inf)."""
     q, k, v = q.double(), k.double(), v.double()
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     k_stop = nk if last_k else nk // block_k * block_k
@@ -354,7 +367,7 @@ def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=Tru
                 s = s.masked_fill(~_mask(nq, nk)[qs:qe, ks:ke], float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
             safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
-            p = torch.exp(s - safe.unsqueeze(-1))
+            p = torch.exp(s - (torch.where(torch.isneginf(m), safe, m) if old_max else safe).unsqueeze(-1))
             alpha = torch.exp(m - safe)
             l = (alpha * l if rescale_l else l) + p.sum(-1)
             acc = (alpha.unsqueeze(-1) * acc if rescale_acc else acc) + p @ v[..., ks:ke, :]
@@ -373,6 +386,8 @@ def _flash_ban(nq, nk, hint):
                hint=hint, forbid_shape=(nq, nk))
 
 
+_STRICT = ("the causal mask is strict: a query may attend to the key at its own position too, so key j is allowed "
+           "iff j <= i + Nk - Nq (not <)")
 _FORWARD_HINT = "Loop over query and key blocks with a running max and sum; never build the full score matrix."
 _BACKWARD_HINT = ("Loop over key and query blocks and rebuild each tile of P from q, k and lse (P = exp(S - lse)); "
                   "never build the full score matrix.")
@@ -423,6 +438,10 @@ def check_flash_attention_forward(fn) -> str:
                 (_naive(q, k, v, causal, top_left=True)[0],
                  "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right), "
                  "so key j is allowed iff j <= i + Nk - Nq"),
+                (_naive(q, k, v, causal, strict=True)[0], _STRICT),
+                (_tiled(q, k, v, causal, bq, bk, old_max=True)[0],
+                 "each tile's P must use the new running max: P = exp(S - m') with m' = max(m, rowmax(S)), the max "
+                 "that l and acc are rescaled to, not the max before this tile"),
                 (_tiled(q, k, v, causal, bq, bk, rescale_acc=False)[0],
                  "the accumulator was not rescaled: when the running max grows from m to m', multiply acc by "
                  "exp(m - m') as you do l, before adding P V of the new tile"),
@@ -446,6 +465,7 @@ def check_flash_attention_forward(fn) -> str:
                 (_naive(q, k, v, causal, scale=False)[1], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
                 (_naive(q, k, v, causal, top_left=True)[1],
                  "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right)"),
+                (_naive(q, k, v, causal, strict=True)[1], _STRICT),
             ])
     return c.passed("tiles of block_q x block_k, ragged tiles, causal with Nq != Nk, future tiles skipped, "
                     "2-D to 5-D input, no full score matrix")
@@ -552,7 +572,8 @@ def check_flash_attention_backward(fn) -> str:
                                    "is_causal was ignored in the backward pass: mask P the same way as forward"),
                                   (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, top_left=True))[i],
                                    "the causal mask is aligned to the top left: query i sits at position "
-                                   "i + Nk - Nq (bottom right), as in the forward pass")]
+                                   "i + Nk - Nq (bottom right), as in the forward pass"),
+                                  (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, strict=True))[i], _STRICT)]
                     cands += [(_tile_local_d(q, k, v, lse, d_out, mask, block)[i], _LOCAL_D) for block in (16, 32, 64, 128)]
                     cands += [(_dense_backward(q, k, v, out, lse, d_out, mask, grad_scale=False)[i],
                                "dq and dk miss the 1/sqrt(d) factor: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) "
@@ -647,6 +668,9 @@ def check_linear_attention(fn) -> str:
                     return _weights_attention(w, vd) if normalise else w @ vd
 
                 cands = [(attend(fq, fk, normalise=False), "no normaliser: divide by phi(q_i) . sum_j phi(k_j)"),
+                         (attend(fq, fk, normalise=False) / (fq @ fk.sum(-2).unsqueeze(-1)),
+                          "the normaliser must run over the same keys as the numerator: with causal=True, "
+                          "z_i = sum_{j <= i'} phi(k_j) (a cumsum too), not the sum over all keys"),
                          (linear.linear_attention(qd, kd, vd, not causal), "the causal flag is ignored or inverted"),
                          (reference_softmax(qd @ kd.transpose(-2, -1), -1) @ vd,
                           "that is softmax attention; use phi(x) = elu(x) + 1"),
