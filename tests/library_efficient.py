@@ -226,7 +226,8 @@ def online_probs_in_loop(x, block_size):
         safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
         l = l * torch.exp(m - safe) + torch.exp(b - safe[..., None]).sum(-1)
         m = m_new
-        probs[..., s:s + block_size] = torch.exp(b - safe[..., None]) / torch.where(l > 0, l, torch.ones_like(l))[..., None]
+        denom = torch.where(l > 0, l, torch.ones_like(l))[..., None]
+        probs[..., s:s + block_size] = torch.exp(b - safe[..., None]) / denom
     return probs, m, l
 
 
@@ -659,7 +660,8 @@ def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False
     lse0 = torch.where(live, lse, torch.zeros_like(lse)) if guard else lse
     for qs in range(0, nq, block):
         for ks in range(0, nk, block):
-            qb, kb, vb, do = q[..., qs:qs + block, :], k[..., ks:ks + block, :], v[..., ks:ks + block, :], d_out[..., qs:qs + block, :]
+            qb, do = q[..., qs:qs + block, :], d_out[..., qs:qs + block, :]
+            kb, vb = k[..., ks:ks + block, :], v[..., ks:ks + block, :]
             s = qb @ kb.transpose(-2, -1)
             if score_scale:
                 s = s * scale
@@ -667,7 +669,8 @@ def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False
             allowed = torch.arange(ks, ks + kb.shape[-2])[None, :] <= i
             if is_causal and not drop_mask and not mask_after_exp:
                 if guard:
-                    s = (s - lse0[..., qs:qs + block, None]).masked_fill(~(allowed & live[..., qs:qs + block, None]), NEG)
+                    keep = allowed & live[..., qs:qs + block, None]
+                    s = (s - lse0[..., qs:qs + block, None]).masked_fill(~keep, NEG)
                 else:
                     s = s.masked_fill(~allowed, NEG) - lse0[..., qs:qs + block, None]  # -inf - (-inf) = NaN
             else:
@@ -838,7 +841,8 @@ def backward_materialises(q, k, v, out, lse, d_out, is_causal=False):
         s = s.masked_fill(~attnkit.causal_mask(q.shape[-2], k.shape[-2]), NEG)
     p = torch.exp(s - lse.masked_fill(torch.isneginf(lse), 0.0)[..., None])
     ds = p * (d_out @ v.transpose(-2, -1) - (d_out * out).sum(-1, keepdim=True))
-    return ds @ k / math.sqrt(q.shape[-1]), ds.transpose(-2, -1) @ q / math.sqrt(q.shape[-1]), p.transpose(-2, -1) @ d_out
+    scale = 1 / math.sqrt(q.shape[-1])
+    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ d_out
 
 
 def backward_autograd_of_sdpa(q, k, v, out, lse, d_out, is_causal=False):
@@ -987,7 +991,8 @@ def linear_eps(q, k, v, causal=False, eps=1e-6):
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     if not causal:
         kv = torch.einsum("...jd,...je->...de", fk, v)
-        return torch.einsum("...id,...de->...ie", fq, kv) / (torch.einsum("...id,...d->...i", fq, fk.sum(-2)) + eps)[..., None]
+        den = torch.einsum("...id,...d->...i", fq, fk.sum(-2)) + eps
+        return torch.einsum("...id,...de->...ie", fq, kv) / den[..., None]
     nq, nk = q.shape[-2], k.shape[-2]
     kv = torch.cumsum(torch.einsum("...jd,...je->...jde", fk, v), -3)
     z = torch.cumsum(fk, -2)

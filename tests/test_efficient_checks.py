@@ -91,3 +91,10 @@ def test_watching_leaves_the_learners_results_and_the_ban_alone():
         got = attnkit.flash_attention_forward(q, k, v, True, 16, 8)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert max(r for r, _ in tiles.tiles) == 16 and max(c for _, c in tiles.tiles) == 8 and not tiles.masked_tiles
+
+
+def test_a_report_that_is_not_what_a_watcher_sends_is_ignored():
+    tiles, rows = ScoreTiles([1]), RowReductions(10)
+    tiles.absorb({"tiles": [["4", 8], [4], "x", [2, 3]], "masked": {"a": 1}})
+    rows.absorb({"count": "many", "calls": "torch.sum"})
+    assert tiles.tiles == {(2, 3)} and not tiles.masked and rows.count == 0 and rows.calls == []

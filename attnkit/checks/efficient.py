@@ -102,9 +102,11 @@ class RowReductions(_TorchWatcher):
         return {"count": self.count, "calls": self.calls}
 
     def absorb(self, report: dict) -> None:
-        self.count += int(report.get("count", 0) or 0)
-        for name in list(report.get("calls") or ())[:5]:
-            if str(name) not in self.calls:
+        count = report.get("count")
+        self.count += count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+        calls = report.get("calls")
+        for name in (calls if isinstance(calls, list) else [])[:5]:
+            if str(name)[:80] not in self.calls:
                 self.calls.append(str(name)[:80])
 
 
@@ -157,8 +159,9 @@ class ScoreTiles(_TorchWatcher):
 
     def absorb(self, report: dict) -> None:
         for key, into in (("tiles", self.tiles), ("masked", self.masked)):
-            for s in list(report.get(key) or ())[:64]:
-                if isinstance(s, (list, tuple)) and len(s) == 2:
+            shapes = report.get(key)
+            for s in (shapes if isinstance(shapes, list) else [])[:64]:
+                if isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) for x in s):
                     into.add((int(s[0]), int(s[1])))
 
 
@@ -386,6 +389,10 @@ def _flash_ban(nq, nk, hint):
                hint=hint, forbid_shape=(nq, nk))
 
 
+_IGNORED_CAUSAL = "is_causal was ignored: mask keys after each query (bottom-right aligned)"
+_NO_SCALE = "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"
+_TOP_LEFT = ("the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right), "
+             "so key j is allowed iff j <= i + Nk - Nq")
 _STRICT = ("the causal mask is strict: a query may attend to the key at its own position too, so key j is allowed "
            "iff j <= i + Nk - Nq (not <)")
 _FORWARD_HINT = "Loop over query and key blocks with a running max and sum; never build the full score matrix."
@@ -405,8 +412,8 @@ def check_flash_attention_forward(fn) -> str:
              ("causal, 40 x 40, blocks 16 x 8", 40, 40, True, 16, 8, (2, 3)),
              ("ragged: 37 x 37, blocks 16, 3-D input (H, N, d)", 37, 37, True, 16, 16, (3,)),
              ("causal, 12 new queries after 36 keys, 5-D input", 12, 48, True, 8, 16, (2, 1, 2)),
-             ("causal, 20 queries but 12 keys: the first 8 queries see no key, 2-D input (N, d), blocks 6 x 8", 20, 12, True,
-              6, 8, ()),
+             ("causal, 20 queries but 12 keys: the first 8 see no key, 2-D input (N, d), blocks 6 x 8",
+              20, 12, True, 6, 8, ()),
              ("causal, 44 x 52, blocks 12 x 20", 44, 52, True, 12, 20, (2, 3))]
     c = Checker("flash_attention_forward", fn)
     for label, nq, nk, causal, bq, bk, lead_dims in cases:
@@ -421,7 +428,8 @@ def check_flash_attention_forward(fn) -> str:
             _check_tiles(c, label, tiles, nq, nk, bq, bk, causal)
             want, want_lse = _naive(q, k, v, causal)
             dead = torch.isneginf(want_lse)
-            if dead.any() and isinstance(out, torch.Tensor) and out.shape == want.shape and torch.isnan(out[dead]).any():
+            if (dead.any() and isinstance(out, torch.Tensor) and out.shape == want.shape
+                    and torch.isnan(out[dead]).any()):
                 c.fail(label, _NO_KEY)
             rows_done = nq // bq * bq  # the queries before the last, shorter query block
 
@@ -433,11 +441,9 @@ def check_flash_attention_forward(fn) -> str:
 
             _check(c, label, out, want, what="output", dtype=q.dtype, lead=lead,
                    fallback=lambda got_o: no_key(got_o, want), wrong=lambda: [
-                (_naive(q, k, v, False)[0], "is_causal was ignored: mask keys after each query (bottom-right aligned)"),
-                (_naive(q, k, v, causal, scale=False)[0], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
-                (_naive(q, k, v, causal, top_left=True)[0],
-                 "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right), "
-                 "so key j is allowed iff j <= i + Nk - Nq"),
+                (_naive(q, k, v, False)[0], _IGNORED_CAUSAL),
+                (_naive(q, k, v, causal, scale=False)[0], _NO_SCALE),
+                (_naive(q, k, v, causal, top_left=True)[0], _TOP_LEFT),
                 (_naive(q, k, v, causal, strict=True)[0], _STRICT),
                 (_tiled(q, k, v, causal, bq, bk, old_max=True)[0],
                  "each tile's P must use the new running max: P = exp(S - m') with m' = max(m, rowmax(S)), the max "
@@ -462,9 +468,8 @@ def check_flash_attention_forward(fn) -> str:
                 (want_lse.unsqueeze(-1), "lse has shape (..., Nq): one number per query, without a trailing 1"),
                 (_naive(q, k, v, causal, base=2)[1], "lse is in base 2; the contract asks for the natural log"),
                 (_tiled(q, k, v, causal, bq, bk)[1], "lse = m + log(l): you left out the running max m"),
-                (_naive(q, k, v, causal, scale=False)[1], "the scores are not scaled by 1/sqrt(d): S = Q K^T / sqrt(d)"),
-                (_naive(q, k, v, causal, top_left=True)[1],
-                 "the causal mask is aligned to the top left: query i sits at position i + Nk - Nq (bottom right)"),
+                (_naive(q, k, v, causal, scale=False)[1], _NO_SCALE),
+                (_naive(q, k, v, causal, top_left=True)[1], _TOP_LEFT),
                 (_naive(q, k, v, causal, strict=True)[1], _STRICT),
             ])
     return c.passed("tiles of block_q x block_k, ragged tiles, causal with Nq != Nk, future tiles skipped, "
@@ -518,8 +523,8 @@ def _tile_local_d(q, k, v, lse, d_out, allowed, block):
         z = z.masked_fill(~allowed, float("-inf"))
     p = torch.exp(z.masked_fill(~live.unsqueeze(-1), float("-inf")))
     dp = d_out @ v.transpose(-2, -1)
-    local = torch.cat([(p * dp)[..., ks:ks + block].sum(-1, keepdim=True).expand(*p.shape[:-1], min(block, p.shape[-1] - ks))
-                       for ks in range(0, p.shape[-1], block)], -1)
+    tiles = torch.split(p * dp, block, dim=-1)  # (..., Nq, <= block) each
+    local = torch.cat([t.sum(-1, keepdim=True).expand_as(t) for t in tiles], -1)  # (..., Nq, Nk)
     ds = p * (dp - local)
     return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ d_out
 
@@ -541,7 +546,8 @@ def check_flash_attention_backward(fn) -> str:
             ("130 x 150", 130, 150, False, 1.0, (1, 2)), ("causal 144 x 144", 144, 144, True, 1.0, (1, 2)),
             ("causal 20 x 150", 20, 150, True, 1.0, (1, 2)),
             ("causal 130 x 130, large scores", 130, 130, True, 400.0, (1, 2)),
-            ("causal, 150 queries but 130 keys: the first 20 see no key, 3-D input (H, N, d)", 150, 130, True, 1.0, (2,)),
+            ("causal, 150 queries but 130 keys: the first 20 see no key, 3-D input (H, N, d)",
+             150, 130, True, 1.0, (2,)),
             ("2-D input (N, d), 135 x 140", 135, 140, False, 1.0, ())]:
         with c.case(label):
             c.ban = _flash_ban(nq, nk, _BACKWARD_HINT)
@@ -574,7 +580,8 @@ def check_flash_attention_backward(fn) -> str:
                                    "the causal mask is aligned to the top left: query i sits at position "
                                    "i + Nk - Nq (bottom right), as in the forward pass"),
                                   (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, strict=True))[i], _STRICT)]
-                    cands += [(_tile_local_d(q, k, v, lse, d_out, mask, block)[i], _LOCAL_D) for block in (16, 32, 64, 128)]
+                    cands += [(_tile_local_d(q, k, v, lse, d_out, mask, block)[i], _LOCAL_D)
+                              for block in (16, 32, 64, 128)]
                     cands += [(_dense_backward(q, k, v, out, lse, d_out, mask, grad_scale=False)[i],
                                "dq and dk miss the 1/sqrt(d) factor: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) "
                                "and dK = dS^T Q / sqrt(d)"),
@@ -612,8 +619,8 @@ def check_sliding_window_mask(fn) -> str:
                 c.fail(label, f"the mask must be (n_q, n_k) = ({nq}, {nk}), got {fmt_shape(got)}: with n_q != n_k the "
                               f"queries are the last n_q of the n_k positions")
             c.expect(label, got, want, what="mask", wrong=[
-                (mask(nq, nk, w, low=1), "off by one: a window of w keeps the query itself and the w - 1 keys before it "
-                                         "(i' - window < j), not w keys before it"),
+                (mask(nq, nk, w, low=1), "off by one: a window of w keeps the query itself and the w - 1 keys before "
+                                         "it (i' - window < j), not w keys before it"),
                 (mask(nq, nk, w, low=-1), "off by one: a window of w counts the query itself, so it keeps the w - 1 "
                                           "keys before it (i' - window < j), not only w - 2"),
                 (mask(nq, nk, w, offset=0), "the window is aligned to the top left: query i sits at i + n_k - n_q"),
