@@ -1,6 +1,6 @@
 """Triton FlashAttention (notebook 11): forward and backward kernels against float64
-references, the autograd Function, input errors, per-GPU choices, and the checker against
-known-wrong kernels.
+references, the autograd Function, input errors, per-GPU choices, and what the checkers do
+beyond their mutant library (tests/library_triton.py).
 
 Without a GPU everything runs through Triton's interpreter at tiny sizes (a few hundred
 program x block steps per test). Tolerances are relative to the measured error of a plain
@@ -17,7 +17,6 @@ from attnkit import _triton
 _triton.prepare()  # before the kernels below are defined
 
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 
 from attnkit import triton_flash as tf  # noqa: E402
 from attnkit.checks import CHECKS  # noqa: E402
@@ -243,209 +242,14 @@ def test_lazy_exports():
 
 
 # ---------------------------------------------------------------------------------------------
-# the checker: a learner's kernel passes; known-wrong kernels get their hint
+# the checkers: correct kernels in other styles and known-wrong kernels live in the mutant library
+# tests/library_triton.py (run by tests/test_checker_library.py); here, what only a test can set up
 
-@triton.jit
-def _learner_kernel(Q, K, V, O, LSE, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, H, N, sm_scale,
-                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    IS_CAUSAL: tl.constexpr, RESCALE: tl.constexpr = True, SCALE: tl.constexpr = True,
-                    LOG2E_FOLDED: tl.constexpr = True, CAUSAL_MASK: tl.constexpr = True,
-                    LSE_NATURAL: tl.constexpr = True, LSE_WITH_SUM: tl.constexpr = True,
-                    KEY_MASK: tl.constexpr = True, LOAD_MASK: tl.constexpr = True):
-    """A plain single-loop kernel (every block masked), with a switch for each classic mistake."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols0 = tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, BLOCK_D)
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :],
-                mask=(rows[:, None] < N) & (dims[None, :] < D), other=0.0)
-    scale = sm_scale if SCALE else 1.0
-    if LOG2E_FOLDED:
-        scale = scale * 1.4426950408889634
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        cols = start + cols0
-        if LOAD_MASK:
-            kv_mask = (cols[:, None] < N) & (dims[None, :] < D)
-        else:
-            kv_mask = dims[None, :] < D
-        k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
-        if KEY_MASK:
-            s = tl.where(cols[None, :] < N, s, float("-inf"))
-        if IS_CAUSAL and CAUSAL_MASK:
-            s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m - m_safe)
-        if RESCALE:
-            l = l * alpha
-            acc = acc * alpha[:, None]
-        l = l + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m = m_new
-    out = acc / tl.where(l > 0, l, 1.0)[:, None]
-    tl.store(O + b * sob + h * soh + rows[:, None] * son + dims[None, :], out.to(O.dtype.element_ty),
-             mask=(rows[:, None] < N) & (dims[None, :] < D))
-    lse = m + tl.log2(l) if LSE_WITH_SUM else m
-    if LSE_NATURAL:
-        lse = lse * 0.6931471805599453
-    tl.store(LSE + bh * N + rows, lse, mask=rows < N)
+from library_triton import FLASH  # noqa: E402
 
-
-def learner(**mistakes):
-    def triton_flash_forward(q, k, v, is_causal=False):
-        """The launcher a learner is given: one program per (query block, batch x head)."""
-        B, H, N, d = q.shape
-        out = torch.empty_like(q)
-        lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-        block = 16 if not GPU else 64
-        _learner_kernel[(triton.cdiv(N, block), B * H)](
-            q, k, v, out, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), H, N,
-            1 / math.sqrt(d), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=block, BLOCK_N=block,
-            IS_CAUSAL=is_causal, **mistakes)
-        return out, lse
-    triton_flash_forward.__name__ = "_".join(["learner", *(k.lower() for k in mistakes)]) or "learner"
-    return triton_flash_forward
-
-
-def torch_wrapper(q, k, v, is_causal=False):
-    """Attention in PyTorch, one query row at a time, with no banned name and no (N, N) tensor:
-    only the kernel-launch count can tell."""
-    outs, lses = [], []
-    for i in range(q.shape[-2]):
-        s = (q[..., i:i + 1, :] * k).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, N)
-        if is_causal:
-            s = s.masked_fill(torch.arange(k.shape[-2], device=s.device) > i, float("-inf"))
-        m = s.amax(-1, keepdim=True)
-        e = math.e ** (s - m)
-        outs.append((e.unsqueeze(-1) * v).sum(-2) / e.sum(-1, keepdim=True))
-        lses.append(m.squeeze(-1) + e.sum(-1).log())
-    return torch.stack(outs, -2), torch.stack(lses, -1)
-
-
-# (exercise, correct implementation written differently from attnkit's), as tests/test_checks.py counts them
-CORRECT = [("triton_flash_forward", learner())]
-
-
-def test_checker_accepts_a_learner_kernel(capsys):
-    CHECKS["triton_flash_forward"](CORRECT[0][1])
-    assert capsys.readouterr().out.startswith("check_triton_flash_forward passed")
-
-
-MISTAKES = [
-    (dict(RESCALE=False), "not rescaled"),
-    (dict(SCALE=False), "1/sqrt(d)"),
-    (dict(LOG2E_FOLDED=False), "exp2 without log2(e)"),
-    (dict(CAUSAL_MASK=False), "is_causal was ignored"),
-    (dict(LSE_NATURAL=False), "base 2"),
-    (dict(LSE_WITH_SUM=False), "running max"),
-    (dict(KEY_MASK=False), "keys past the end"),
-    (dict(LOAD_MASK=False), "read past the end"),
-]
-# (exercise, known-wrong implementation, words of its hint), as tests/test_checks.py counts them
-WRONG = [("triton_flash_forward", learner(**mistakes), words) for mistakes, words in MISTAKES]
-
-
-@pytest.mark.parametrize("name,fn,words", WRONG, ids=[next(iter(m)) for m, _ in MISTAKES])
-def test_checker_rejects_wrong_kernels_with_hint(name, fn, words):
-    with pytest.raises(AssertionError) as info:
-        CHECKS[name](fn)
-    assert words in str(info.value).splitlines()[0], str(info.value)
-
-
-@pytest.mark.parametrize("fn,words", [
-    (torch_wrapper, "no Triton kernel was launched"),
-    (lambda q, k, v, is_causal=False: (F.scaled_dot_product_attention(q, k, v, is_causal=is_causal), None), "calls"),
-    (lambda q, k, v, is_causal=False: tf.triton_flash_forward(q, k, v, is_causal), "calls"),
-    (lambda q, k, v, is_causal=False: learner()(q, k, v, is_causal)[0], "(out, lse)"),
-])
-def test_checker_refuses_shortcuts(fn, words):
-    with pytest.raises(AssertionError) as info:
-        CHECKS["triton_flash_forward"](fn)
-    assert words in str(info.value).splitlines()[0], str(info.value)
-
-
-@triton.jit
-def _learner_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
-                       H, N, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, USE_DELTA: tl.constexpr = True,
-                       SCALE: tl.constexpr = True, LSE_TO_BASE2: tl.constexpr = True, CAUSAL_MASK: tl.constexpr = True):
-    """The notebook's stretch exercise, plainly, with a switch for each classic mistake."""
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
-    row_mask = (rows[:, None] < N) & (dims[None, :] < D)
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :], mask=row_mask, other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + dims[None, :], mask=row_mask, other=0.0)
-    lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0.0)
-    if LSE_TO_BASE2:
-        lse = lse * 1.4426950408889634
-    delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0.0)
-    if not USE_DELTA:
-        delta = delta * 0.0
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        kv_mask = (cols[:, None] < N) & (dims[None, :] < D)
-        k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=kv_mask, other=0.0)
-        p = tl.exp2(tl.dot(q, tl.trans(k)) * (sm_scale * 1.4426950408889634) - lse[:, None])
-        keep = cols[None, :] < N
-        if IS_CAUSAL and CAUSAL_MASK:
-            keep = keep & (cols[None, :] <= rows[:, None])
-        p = tl.where(keep, p, 0.0)
-        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq)
-    if SCALE:
-        dq = dq * sm_scale
-    tl.store(DQ + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :], dq.to(DQ.dtype.element_ty), mask=row_mask)
-
-
-def learner_dq(**mistakes):
-    def triton_flash_dq(q, k, v, out, lse, d_out, is_causal=False):
-        B, H, N, d = q.shape
-        delta = (d_out.float() * out.float()).sum(-1).contiguous()  # (B, H, N)
-        dq = torch.empty_like(q)
-        block = 16 if not GPU else 64
-        _learner_dq_kernel[(triton.cdiv(N, block), B * H)](
-            q, k, v, d_out, lse.contiguous(), delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
-            k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), d_out.stride(0), d_out.stride(1),
-            d_out.stride(2), H, N, 1 / math.sqrt(d), D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
-            BLOCK_M=block, BLOCK_N=block, IS_CAUSAL=is_causal, **mistakes)
-        return dq
-    return triton_flash_dq
-
-
-def test_dq_checker_accepts_a_learner_kernel(capsys):
-    from attnkit.checks import NOTEBOOK_CHECKS
-    NOTEBOOK_CHECKS["triton_flash_dq"](learner_dq())
-    assert capsys.readouterr().out.startswith("check_triton_flash_dq passed")
-
-
-@pytest.mark.parametrize("fn,words", [
-    (learner_dq(USE_DELTA=False), "delta term is missing"),
-    (learner_dq(SCALE=False), "1/sqrt(d)"),
-    (learner_dq(LSE_TO_BASE2=False), "natural-log lse"),
-    (learner_dq(CAUSAL_MASK=False), "is_causal was ignored"),
-    (lambda q, k, v, out, lse, d_out, is_causal=False: tf.triton_flash_backward(q, k, v, out, lse, d_out, is_causal)[0],
-     "calls"),
-], ids=["no-delta", "no-scale", "lse-base", "causal", "library"])
-def test_dq_checker_rejects_wrong_kernels_with_hint(fn, words):
-    from attnkit.checks import NOTEBOOK_CHECKS
-    with pytest.raises(AssertionError) as info:
-        NOTEBOOK_CHECKS["triton_flash_dq"](fn)
-    assert words in str(info.value).splitlines()[0], str(info.value)
+# (exercise, function[, hint]) as tests/test_checks.py counts them
+CORRECT = [(FLASH.name, fn) for fn in FLASH.correct]
+WRONG = [(FLASH.name, m.fn, m.hint) for m in FLASH.mutants]
 
 
 def test_checkers_report_a_stub_kernel_as_not_implemented():
@@ -492,3 +296,61 @@ def test_bench_script_without_a_gpu_says_so(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(SystemExit, match="(?s)no CUDA GPU.*--interpret --tiny"):
         _bench().main(["--tiny"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the compile step: kernels that run in the interpreter but would not compile on a GPU
+
+from library_triton import DQ, flash  # noqa: E402
+from remote_loopback import remote  # noqa: E402
+
+from attnkit.checks import _triton as checks_triton  # noqa: E402
+
+
+@pytest.mark.skipif(GPU, reason="on a GPU the launch itself compiles the kernel")
+def test_compile_step_works_through_the_graders_proxy():
+    """The watcher is re-created in the learner's kernel (here: the far side of the loopback),
+    compiles there and reports the compiler's refusal as plain data."""
+    with remote(flash(SCALAR_M=True), "triton_flash_forward") as proxy:
+        with pytest.raises(AssertionError, match="loop-carried m must start as a block: tl.full"):
+            CHECKS["triton_flash_forward"](proxy)
+    with remote(flash(), "triton_flash_forward") as proxy:
+        assert "passed" in CHECKS["triton_flash_forward"](proxy)
+
+
+@pytest.mark.skipif(GPU, reason="on a GPU the launch itself compiles the kernel")
+def test_compile_step_compiles_each_signature_once(monkeypatch):
+    from attnkit.checks import NOTEBOOK_CHECKS
+    calls = []
+    original = checks_triton._compile
+    monkeypatch.setattr(checks_triton, "_compile", lambda *a, **kw: calls.append(a[1]) or original(*a, **kw))
+    checks_triton._COMPILED.clear()
+    NOTEBOOK_CHECKS["triton_flash_dq"](DQ.correct[0])
+    first = len(calls)
+    assert 1 <= first <= 3  # one compile per (dtype, head dim, causal) the cases launch
+    NOTEBOOK_CHECKS["triton_flash_dq"](DQ.correct[0])
+    assert len(calls) == first  # cached: a second check compiles nothing
+
+
+@pytest.mark.skipif(GPU, reason="on a GPU the launch itself compiles the kernel")
+def test_compile_step_stays_quiet_when_it_cannot_judge(monkeypatch):
+    """A Triton whose compiler cannot be driven as the step drives it (here: the probe kernel
+    refused): the step reports nothing, so no correct kernel is ever refused for it."""
+    monkeypatch.setattr(checks_triton, "_PROBED", ["the probe kernel: refused"])
+    checks_triton._COMPILED.clear()
+    watcher = checks_triton.CompileCheck()
+    with watcher:
+        flash(SCALAR_M=True)(*(torch.randn(1, 1, 16, 16) for _ in range(3)))
+    assert watcher.errors == [] and watcher.compiled == 0 and "probe" in watcher.unavailable[0]
+    checks_triton._COMPILED.clear()
+
+
+def test_a_compiler_refusal_raised_on_a_gpu_gets_the_same_hint():
+    refusal = RuntimeError("at 9:4:\n    for start in range(0, N, BLOCK_N):\n    ^\nAssertionError(\"Loop-carried "
+                           "variable m has initial type fp32 but is re-assigned to <['64'], fp32> in loop! Please "
+                           "make sure that the type stays consistent.\")")
+    try:
+        raise AssertionError("triton_flash_forward: your function raised CompilationError") from refusal
+    except AssertionError as e:
+        hint = checks_triton.raised_hint(e)
+    assert hint.startswith("loop-carried m must start as a block: tl.full((64,), value, tl.float32)")

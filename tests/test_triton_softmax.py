@@ -1,5 +1,6 @@
 """The fused Triton softmax (notebook 10) against a float64 softmax, its configurations
-compiled for real GPUs, and its checker against known-wrong kernels.
+compiled for real GPUs, and its checker's compile step (its correct styles and known-wrong
+kernels are the mutant library tests/library_triton.py).
 
 Without a GPU everything runs through Triton's interpreter on tiny sizes."""
 
@@ -199,170 +200,15 @@ def test_compiles_for_sm75_sm80_sm90_within_limits(compiled):
 
 
 # ---------------------------------------------------------------------------------------------
-# the checker: a learner's kernel written differently passes; known-wrong kernels get their hint
+# the checker: correct kernels in other styles and known-wrong kernels live in the mutant library
+# tests/library_triton.py (run by tests/test_checker_library.py); the compile step's own tests are
+# in tests/test_triton_flash.py
 
-@triton.jit
-def _learner_kernel(X, Y, N, sx, sxn, sy, BLOCK: tl.constexpr):
-    """One row per program, always the two-pass online softmax (a different design from the library)."""
-    row = tl.program_id(0)
-    m = -float("inf")
-    l = 0.0
-    for s in range(0, N, BLOCK):
-        c = s + tl.arange(0, BLOCK)
-        x = tl.load(X + row * sx + c * sxn, mask=c < N, other=-float("inf")).to(tl.float32)
-        new = tl.maximum(m, tl.max(x, 0))
-        safe = tl.where(new == -float("inf"), 0.0, new)
-        l = l * tl.exp(m - safe) + tl.sum(tl.exp(x - safe), 0)
-        m = new
-    safe = tl.where(m == -float("inf"), 0.0, m)
-    for s in range(0, N, BLOCK):
-        c = s + tl.arange(0, BLOCK)
-        x = tl.load(X + row * sx + c * sxn, mask=c < N, other=-float("inf")).to(tl.float32)
-        p = tl.exp(x - safe) / tl.where(l > 0, l, 1.0)
-        tl.store(Y + row * sy + c, p.to(Y.dtype.element_ty), mask=c < N)
+from library_triton import SOFTMAX  # noqa: E402
 
-
-def learner_ok(x):
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _learner_kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), x.stride(1), y.stride(0), BLOCK=256)
-    return y
-
-
-@triton.jit
-def _mutant_kernel(X, Y, M, N, sxm, sxn, sym, syn, BM: tl.constexpr, BN: tl.constexpr, SUB_MAX: tl.constexpr,
-                   OTHER: tl.constexpr, COL_MASK: tl.constexpr, AXIS: tl.constexpr, ROW_STRIDE: tl.constexpr,
-                   COL_STRIDE: tl.constexpr, RESCALE: tl.constexpr, GUARD: tl.constexpr, PID_OFFSET: tl.constexpr):
-    """The library's two kernels in one, with a switch for each classic mistake."""
-    pid = tl.program_id(0)
-    rows = tl.arange(0, BM)
-    if PID_OFFSET:
-        rows += pid * BM
-    row_ok = rows < M
-    rs = sxm if ROW_STRIDE else N
-    cs = sxn if COL_STRIDE else 1
-    cols = tl.arange(0, BN)
-    m = tl.full((BM,), -float("inf"), tl.float32)
-    l = tl.zeros((BM,), tl.float32)
-    for s in range(0, N, BN):
-        c = s + cols
-        mask = row_ok[:, None] & (c[None, :] < N) if COL_MASK else row_ok[:, None] & (c[None, :] >= 0)
-        ptrs = X + rows[:, None] * rs + c[None, :] * cs
-        if OTHER == 0:
-            x = tl.load(ptrs, mask=mask, other=-float("inf")).to(tl.float32)
-        elif OTHER == 1:
-            x = tl.load(ptrs, mask=mask).to(tl.float32)
-        else:
-            x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-        new = tl.maximum(m, tl.max(x, axis=AXIS)) if AXIS == 1 else m
-        if AXIS == 0:  # normalise down the columns of this block (a one-block mutant)
-            cm = tl.max(x, axis=0)
-            cm = tl.where(cm == -float("inf"), 0.0, cm)
-            e = tl.exp(x - cm[None, :])
-            p = e / tl.sum(e, axis=0)[None, :]
-            tl.store(Y + rows[:, None] * sym + c[None, :] * syn, p.to(Y.dtype.element_ty),
-                     mask=row_ok[:, None] & (c[None, :] < N))
-        else:
-            safe = tl.where(new == -float("inf"), 0.0, new) if GUARD else new
-            if not SUB_MAX:
-                safe = tl.zeros((BM,), tl.float32)
-            if RESCALE:
-                l = l * tl.exp(m - safe)
-            l += tl.sum(tl.exp(x - safe[:, None]), axis=1)
-            m = new
-    if AXIS == 1:
-        safe = tl.where(m == -float("inf"), 0.0, m) if GUARD else m
-        if not SUB_MAX:
-            safe = tl.zeros((BM,), tl.float32)
-        inv = 1.0 / tl.where(l > 0, l, 1.0) if GUARD else 1.0 / l
-        for s in range(0, N, BN):
-            c = s + cols
-            x = tl.load(X + rows[:, None] * rs + c[None, :] * cs, mask=row_ok[:, None] & (c[None, :] < N),
-                        other=-float("inf")).to(tl.float32)
-            p = tl.exp(x - safe[:, None]) * inv[:, None]
-            tl.store(Y + rows[:, None] * sym + c[None, :] * syn, p.to(Y.dtype.element_ty),
-                     mask=row_ok[:, None] & (c[None, :] < N))
-
-
-def mutant(short_grid=False, out_dtype=None, block_m=2, block_n=None, **mistakes):
-    flags = dict(SUB_MAX=True, OTHER=0, COL_MASK=True, AXIS=1, ROW_STRIDE=True, COL_STRIDE=True, RESCALE=True,
-                 GUARD=True, PID_OFFSET=True)
-    flags.update(mistakes)
-
-    def fn(x):
-        M, N = x.shape
-        y = torch.zeros((M, N), dtype=out_dtype or x.dtype, device=x.device)
-        bn = block_n or triton.next_power_of_2(N)
-        if flags["AXIS"] == 0:
-            bn = triton.next_power_of_2(N)  # one block of columns, so only the axis is wrong
-        grid = (M // block_m if short_grid else triton.cdiv(M, block_m),)
-        if grid[0]:
-            _mutant_kernel[grid](x, y, M, N, x.stride(0), x.stride(1), y.stride(0), y.stride(1), BM=block_m, BN=bn,
-                                 **flags)
-        return y
-    return fn
-
-
-def torch_wrapper(x):
-    return torch.softmax(x, -1)
-
-
-def no_kernel(x):
-    return x.new_zeros(x.shape)  # launches nothing
-
-
-def named(name, fn):
-    fn.__name__ = name
-    return fn
-
-
-# (exercise, known-wrong implementation, words its hint must contain); test_checks.py counts these too
-WRONG = [("triton_softmax", named(n, f), words) for n, f, words in [
-    ("torch_softmax_wrapper", torch_wrapper, "calls torch.softmax"),
-    ("attnkit_softmax_wrapper", lambda x: attnkit.softmax(x), "calls"),
-    ("the_library_kernel", lambda x: fused_softmax.triton_softmax(x), "calls"),
-    ("no_kernel_at_all", no_kernel, "no Triton kernel was launched"),
-    ("max_not_subtracted", mutant(SUB_MAX=False), "exp overflows"),
-    ("padding_loaded_without_other", mutant(OTHER=1), "padding lanes"),
-    ("padding_loaded_as_0", mutant(OTHER=2), "padding lanes"),
-    ("no_column_mask_on_the_load", mutant(COL_MASK=False), "values from the next row"),
-    ("normalised_over_the_wrong_axis", mutant(AXIS=0, block_m=4), "down the columns"),
-    ("row_stride_ignored", mutant(ROW_STRIDE=False), "strided one"),
-    ("column_stride_ignored", mutant(COL_STRIDE=False), "strided one"),
-    ("running_sum_not_rescaled", mutant(RESCALE=False, block_n=256), "not rescaled"),
-    ("no_guard_for_an_all_minus_inf_row", mutant(GUARD=False), "all -inf row gave NaN"),
-    ("grid_of_M_floordiv_BLOCK_M", mutant(short_grid=True, block_m=4), "the last ones"),
-    ("every_program_does_the_first_rows", mutant(PID_OFFSET=False, block_m=4), "pid * BLOCK_M"),
-    ("float32_output_for_float16_input", mutant(out_dtype=torch.float32), "wrong dtype"),
-]]
-
-
-CORRECT = [("triton_softmax", learner_ok)]
-
-
-def test_checker_accepts_a_kernel_written_differently(capsys):
-    CHECKS["triton_softmax"](learner_ok)
-    assert capsys.readouterr().out.startswith("check_triton_softmax passed")
-
-
-def test_checker_accepts_the_library_kernel_with_forced_long_path(capsys):
-    # not through attnkit.triton_softmax itself (the checker refuses the reference): a copy of its wrapper
-    def own(x):
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        cfg = dict(fused_softmax.config(*x.shape, _triton.capability()), BLOCK_N=256)
-        cfg["ONE_PASS"] = x.shape[1] <= 256
-        fused_softmax._softmax_kernel[(triton.cdiv(x.shape[0], cfg["BLOCK_M"]),)](
-            x, y, *x.shape, *x.stride(), *y.stride(), **cfg)
-        return y
-    CHECKS["triton_softmax"](own)
-    assert "passed" in capsys.readouterr().out
-
-
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy, inside the interpreter, on the overflowing kernels
-@pytest.mark.parametrize("name,fn,words", WRONG, ids=[f.__name__ for _, f, _ in WRONG])
-def test_checker_rejects_with_hint(name, fn, words):
-    with pytest.raises(AssertionError) as info:
-        CHECKS[name](fn)
-    assert words in str(info.value).splitlines()[0], str(info.value)
+# (exercise, function[, hint]) as tests/test_checks.py counts them
+CORRECT = [(SOFTMAX.name, fn) for fn in SOFTMAX.correct]
+WRONG = [(SOFTMAX.name, m.fn, m.hint) for m in SOFTMAX.mutants]
 
 
 # ---------------------------------------------------------------------------------------------

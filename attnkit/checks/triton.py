@@ -48,6 +48,18 @@ LSE_BASE2_HINT = ("lse is in base 2: the kernel's m and log2(l) live in base 2; 
 LSE_MAX_HINT = "lse is only the running max; the log-sum-exp is m + log(l), with the running sum l"
 PADDING_HINT = ("keys past the end of the sequence took part in the softmax: the last key block is ragged, "
                 "so set scores of cols >= N to -inf (and load k, v with mask=cols < N, other=0)")
+RESCALE_L_HINT = ("the running sum l was not rescaled: when the running max grows from m to m_new, multiply l by "
+                  "alpha = exp2(m - m_new) too, as you do acc, before adding this block's row sums")
+STRICT_HINT = ("the causal mask is strict (cols < rows): each query may attend to itself, so keep the keys with "
+               "cols <= rows")
+EXP_LOG2E_HINT = ("tl.exp with log2(e) folded into the scale: log2(e) belongs with tl.exp2 (exp2(x * log2(e)) = e**x); "
+                  "with tl.exp scale the scores by sm_scale alone")
+NO_DIVIDE_HINT = ("the output was not divided by l: after the loop out = acc / l[:, None] (acc holds the weighted "
+                  "sum of values, l the sum of the weights)")
+LSE_NO_MAX_HINT = ("lse is log(l) without the running max: the log-sum-exp is m + log(l), the max the exponentials "
+                   "were shifted by plus the log of their sum")
+BLOCK_D_SCALE_HINT = ("the scores are scaled by 1/sqrt(BLOCK_D) = 1/sqrt({block}), the padded block width: the scale "
+                      "is 1/sqrt(d) with the true head dim d = {d}")
 NAN_HINT = ("NaN in the output: a tl.load read past the end of q, k or v (this checker puts NaN there; on a GPU "
             "it is whatever memory follows). Give every load a mask (rows/cols < N, offs_d < d) and other=0.0")
 RAGGED_HINT = ("right when N is a multiple of the block size, wrong here: mask the loads (other=0), the scores "
@@ -79,23 +91,36 @@ def naive(q, k, v, causal, scale=None):
 
 
 def _no_rescale(q, k, v, causal, block_n):
-    """A kernel that never rescales its accumulator (nor, in a second variant, its sum)."""
+    """Kernels that skip part of the rescale when the running max grows: ``(output, hint)`` for an
+    accumulator never rescaled (with l rescaled, and with neither), and for l never rescaled."""
     scale = 1 / math.sqrt(q.shape[-1])
     s = _scores(q, k, causal, scale)
     nk = k.shape[-2]
     m = s.new_full(s.shape[:-1], float("-inf"))
     l_ok, l_stale = s.new_zeros(s.shape[:-1]), s.new_zeros(s.shape[:-1])
-    acc = q.new_zeros(*s.shape[:-1], v.shape[-1])
+    acc, acc_ok = q.new_zeros(*s.shape[:-1], v.shape[-1]), q.new_zeros(*s.shape[:-1], v.shape[-1])
     for start in range(0, nk, block_n):
         blk = s[..., start:start + block_n]
         m_new = torch.maximum(m, blk.amax(-1))
         shift = m_new.nan_to_num(neginf=0.0)
         p = torch.exp(blk - shift.unsqueeze(-1))
-        l_ok = l_ok * torch.exp(m - shift) + p.sum(-1)
+        alpha = torch.exp(m - shift)
+        l_ok = l_ok * alpha + p.sum(-1)
         l_stale = l_stale + p.sum(-1)
         acc = acc + p @ v[..., start:start + block_n, :]
+        acc_ok = acc_ok * alpha.unsqueeze(-1) + p @ v[..., start:start + block_n, :]
         m = m_new
-    return [acc / l.clamp_min(1e-300).unsqueeze(-1) for l in (l_ok, l_stale)]
+    return [(acc / l_ok.clamp_min(1e-300).unsqueeze(-1), RESCALE_HINT),
+            (acc / l_stale.clamp_min(1e-300).unsqueeze(-1), RESCALE_HINT),
+            (acc_ok / l_stale.clamp_min(1e-300).unsqueeze(-1), RESCALE_L_HINT)]
+
+
+def _strict(q, k, v):
+    """Attention under a strict causal mask (keys j < i): the first query sees no key (zeros, lse -inf)."""
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(-1), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return torch.exp(s - lse.unsqueeze(-1)).nan_to_num(0.0) @ v, lse
 
 
 def _padded_keys(q, k, v, causal, block_n):
@@ -177,27 +202,41 @@ def check_triton_flash_forward(fn) -> str:
             out, lse = got
             if out is None or lse is None:
                 c.fail(label, "return two tensors: (out, lse); one of them is None")
+            qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
+            if causal and isinstance(out, torch.Tensor) and out.shape == want.shape and N > 1:
+                strict, strict_lse = _strict(qd, kd, vd)  # a strict mask, with or without a guard for row 0
+                tol0 = _tolerance(q.cpu(), k.cpu(), v.cpu(), causal, want, want_lse)[0]
+                rest = out.detach().cpu()[..., 1:, :]
+                if not torch.allclose(rest.double(), want[..., 1:, :], equal_nan=True, **tol0) and \
+                        torch.allclose(rest.double(), strict[..., 1:, :], **tol0):
+                    c.fail(label, STRICT_HINT)
             for what, t in (("output", out), ("log-sum-exp", lse)):
                 if isinstance(t, torch.Tensor) and torch.isnan(t.detach().float()).any():
                     c.fail(label, NAN_HINT if kind != "basic" else
                            f"NaN in the {what}: a row that has seen no key yet has m = -inf, and -inf - (-inf) is NaN; "
                            f"use tl.where(m_new == -inf, 0, m_new) before exp2. Also check that every load is masked")
-            qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
             tol, tol_lse = _tolerance(q.cpu(), k.cpu(), v.cpu(), causal, want, want_lse)
             otherwise = {"ragged": RAGGED_HINT, "head_dim": HEAD_DIM_HINT}.get(kind)
+            s = _scores(qd, kd, causal, 1 / math.sqrt(d))
+            m = s.amax(-1)  # (B, H, N) the final running max
             wrong = [(naive(qd, kd, vd, causal, scale=1.0)[0], SCALE_HINT),
-                     (naive(qd, kd, vd, causal, scale=math.log(2) / math.sqrt(d))[0], EXP2_HINT)]
+                     (naive(qd, kd, vd, causal, scale=math.log(2) / math.sqrt(d))[0], EXP2_HINT),
+                     (naive(qd, kd, vd, causal, scale=math.log2(math.e) / math.sqrt(d))[0], EXP_LOG2E_HINT),
+                     (want * torch.exp(want_lse - m).nan_to_num(0.0).unsqueeze(-1), NO_DIVIDE_HINT)]
+            if d & (d - 1):
+                block_d = 1 << (d - 1).bit_length()
+                wrong.append((naive(qd, kd, vd, causal, scale=1 / math.sqrt(block_d))[0],
+                              BLOCK_D_SCALE_HINT.format(block=block_d, d=d)))
             if causal:
                 wrong.append((naive(qd, kd, vd, False)[0], CAUSAL_HINT))
             for bn in BLOCKS:
                 if bn < N:
-                    wrong += [(bad, RESCALE_HINT) for bad in _no_rescale(qd, kd, vd, causal, bn)]
+                    wrong += _no_rescale(qd, kd, vd, causal, bn)
                 if N % bn:
                     wrong.append((_padded_keys(qd, kd, vd, causal, bn)[0], PADDING_HINT))
             c.expect(label, out, want, what="output", dtype=dtype, tol=tol, wrong=wrong, otherwise=otherwise)
-            s = _scores(qd, kd, causal, 1 / math.sqrt(d))
-            wrong_lse = [(want_lse / math.log(2), LSE_BASE2_HINT), (s.amax(-1), LSE_MAX_HINT),
-                         (s.amax(-1) / math.log(2), LSE_MAX_HINT)]
+            wrong_lse = [(want_lse / math.log(2), LSE_BASE2_HINT), (m, LSE_MAX_HINT), (m / math.log(2), LSE_MAX_HINT),
+                         (want_lse - m, LSE_NO_MAX_HINT), ((want_lse - m) / math.log(2), LSE_NO_MAX_HINT)]
             if causal:
                 wrong_lse.append((naive(qd, kd, vd, False)[1], CAUSAL_HINT))
             if not isinstance(lse, torch.Tensor) or lse.dtype not in (torch.float32, dtype):
@@ -213,21 +252,29 @@ DQ_SCALE_HINT = "dq misses the factor 1/sqrt(d): S = Q K^T / sqrt(d), so dQ = dS
 DQ_LSE_HINT = ("P was rebuilt with exp2 from a natural-log lse: exp2(s * qk_scale - lse) needs lse in base 2 too "
                "(lse * log2(e)), or use exp(s * sm_scale - lse)")
 DQ_CAUSAL_HINT = "is_causal was ignored in the backward pass: set P to 0 for keys after each query, as in the forward"
+DQ_NO_LSE_HINT = ("P was rebuilt without subtracting lse: P = exp(S * sm_scale - lse) (or exp2 with both in base 2) "
+                  "is the softmax the forward pass normalised; exp(S) alone is not")
+DQ_SIGN_HINT = "dq has the wrong sign: dS = P * (dP - delta), not P * (delta - dP)"
+DQ_V_HINT = ("dq accumulated dS V: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) (multiply dS by the key block, "
+             "not the value block)")
 
 
-def _dq(q, k, v, out, lse, d_out, causal, *, delta=True, scale=True, lse_base2=False, mask=True):
+def _dq(q, k, v, out, lse, d_out, causal, *, delta=True, scale=True, lse_base2=False, mask=True, strict=False,
+        sub_lse=True, times_v=False):
     """dQ of attention, recomputed from lse (float64), with switches for known mistakes."""
     sm = 1 / math.sqrt(q.shape[-1])
     s = (q @ k.transpose(-2, -1)) * sm  # (B, H, N, N)
     live = torch.isfinite(lse)
     lse = torch.where(live, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    if not sub_lse:
+        lse = torch.zeros_like(lse)
     p = torch.exp2(s * math.log2(math.e) - lse) if lse_base2 else torch.exp(s - lse)  # the mistake: lse left natural
     p = p * live.unsqueeze(-1)
     if causal and mask:
-        p = p * causal_mask(q.shape[-2], k.shape[-2])
+        p = p * (torch.ones(s.shape[-2:], dtype=torch.bool).tril(-1) if strict else causal_mask(*s.shape[-2:]))
     dp = d_out @ v.transpose(-2, -1)
     D = (d_out * out).sum(-1, keepdim=True) if delta else 0.0
-    return (p * (dp - D)) @ k * (sm if scale else 1.0)
+    return (p * (dp - D)) @ (v if times_v else k) * (sm if scale else 1.0)
 
 
 def check_triton_flash_dq(fn) -> str:
@@ -269,8 +316,11 @@ def check_triton_flash_dq(fn) -> str:
             wrong = [(_dq(qd, kd, vd, od, ld, dd, causal, delta=False), DQ_NO_DELTA_HINT),
                      (_dq(qd, kd, vd, od, ld, dd, causal, scale=False), DQ_SCALE_HINT),
                      (_dq(qd, kd, vd, od, ld, dd, causal, lse_base2=True), DQ_LSE_HINT)]
+            wrong += [(_dq(qd, kd, vd, od, ld, dd, causal, sub_lse=False), DQ_NO_LSE_HINT), (-want, DQ_SIGN_HINT),
+                      (_dq(qd, kd, vd, od, ld, dd, causal, times_v=True), DQ_V_HINT)]
             if causal:
-                wrong.append((_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT))
+                wrong += [(_dq(qd, kd, vd, od, ld, dd, causal, mask=False), DQ_CAUSAL_HINT),
+                          (_dq(qd, kd, vd, od, ld, dd, causal, strict=True), STRICT_HINT)]
             c.expect(label, got, want, what="dq", dtype=dtype, tol=tol, wrong=wrong,
                      otherwise=RAGGED_HINT if N % 16 else None)  # ragged for every block size
     return c.passed("causal and not, ragged N, against autograd, a kernel launched")
