@@ -195,7 +195,7 @@ def _cgroup_dirs() -> list[pathlib.Path]:
                 dirs.append(base)
         else:
             names = controllers.split(",")
-            for c in ("pids", "memory", "cpu"):
+            for c in ("pids", "memory", "cpu", "cpuacct"):  # cpuacct: only to account (v1)
                 if c in names:
                     base = root / controllers / path.lstrip("/")
                     if not base.is_dir():
@@ -325,6 +325,10 @@ def python_paths(with_grader: bool = False) -> list[pathlib.Path]:
     """Folders the interpreter and the packages it imports live in (the course package alone,
     never the repository around it)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    # site-packages folders this interpreter reached some other way (a venv layered over another
+    # environment adds the lower one's with site.addsitedir from a .pth file); never the
+    # repository, the working folder or anything else on sys.path
+    paths |= {p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")}
     user_site = site.getusersitepackages()
     if isinstance(user_site, str) and os.path.isdir(user_site):
         paths.add(user_site)

@@ -179,6 +179,9 @@ _cm.register_target('attn-grade', _open)
     os.symlink(other_solution, (subs / "symlink_other").mkdir(parents=True) or subs / "symlink_other" / NAME)
     (subs / "symlink_proc").mkdir(parents=True)
     os.symlink(f"/proc/self/cwd/solutions/{NAME}", subs / "symlink_proc" / NAME)
+    def first_parts(folder):  # the entries of folder on the way to Python's own folders
+        return {p.relative_to(folder).parts[0] for p in sandbox.python_paths() if folder in p.parents}
+    allowed_in_repo, allowed_in_root = {"attnkit"} | first_parts(course.REPO), first_parts(pathlib.Path("/root"))
     put(subs, "reads_course", NAME, answered(_sabotage(f"""
 import os
 for _p in ({str(root / 'source')!r}, {str(root / 'autograded')!r}, {str(root / 'release')!r}, {str(subs)!r},
@@ -186,8 +189,10 @@ for _p in ({str(root / 'source')!r}, {str(root / 'autograded')!r}, {str(root / '
            '/root/.bashrc', '/root/.ssh', '/etc/shadow', '/etc/ssh', '/var', '/srv', '/opt', '/mnt'):
     if os.path.exists(_p):
         leak = True
-# what is there of /root and the repository is the path to Python and attnkit, nothing else
-if set(os.listdir('/root')) - {{'.pyenv'}} or set(os.listdir({str(course.REPO)!r})) - {{'attnkit'}}:
+# what is there of /root and the repository is the way to Python (a venv inside them) and attnkit
+if os.path.isdir('/root') and set(os.listdir('/root')) - {allowed_in_root!r}:
+    leak = True
+if set(os.listdir({str(course.REPO)!r})) - {allowed_in_repo!r}:
     leak = True
 """)))
     put(subs, "touches_host", NAME, answered(_sabotage(f"""
@@ -319,6 +324,7 @@ class _FdSampler(threading.Thread):
     def run(self):
         me = os.getpid()
         before = set(self._targets(me).values())  # the streams pytest holds: not the grader's
+        previous: set = set()
         while not self.done.wait(0.2):
             mine = set(self._targets(me).values()) - before  # the channels grading made
             try:
@@ -338,8 +344,12 @@ class _FdSampler(threading.Thread):
                 for channel in held:
                     holders.setdefault(channel, []).append(child)
             # each worker shares one channel with the parent, its own result pipe: a channel two
-            # workers hold is one worker reaching another's
-            self.violations += [(channel, pids) for channel, pids in holders.items() if len(pids) > 1]
+            # workers hold is one worker reaching another's. Counted when seen in two samples in a
+            # row: a worker just forked holds its siblings' channels for the instant before it
+            # closes them (first thing it does), which is not a leak.
+            shared = {(channel, tuple(sorted(pids))) for channel, pids in holders.items() if len(pids) > 1}
+            self.violations += sorted(shared & previous)
+            previous = shared
 
     def stop(self):
         self.done.set()
