@@ -354,3 +354,17 @@ def test_a_compiler_refusal_raised_on_a_gpu_gets_the_same_hint():
     except AssertionError as e:
         hint = checks_triton.raised_hint(e)
     assert hint.startswith("loop-carried m must start as a block: tl.full((64,), value, tl.float32)")
+
+
+def test_a_global_the_compiler_refuses_on_a_gpu_is_named_function_or_value():
+    compilation_error = type("CompilationError", (Exception,), {})  # what a GPU launch raises, by name
+
+    def hint(line, name):
+        refusal = compilation_error(f"at 5:8:\n{line}\n        ^\nNameError('Cannot access global variable {name} "
+                                    f"from within @jit'ed function. Triton kernels can only access ...')")
+        try:
+            raise AssertionError("triton_softmax: your function raised CompilationError") from refusal
+        except AssertionError as e:
+            return checks_triton.raised_hint(e)
+    assert "stable_exp is a plain Python function" in hint("    e = stable_exp(x, m)", "stable_exp")
+    assert "reads the global LOG2E, a plain Python value" in hint("    s = s * LOG2E", "LOG2E")

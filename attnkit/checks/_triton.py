@@ -144,8 +144,11 @@ def raised_hint(error: BaseException) -> str | None:
     text = "\n".join(texts)
     if "arange's range must be a power of 2" in text:
         return ARANGE_HINT
-    if _LOOP_CARRIED.search(text) or ("CompilationError" in text and (_NOT_DEFINED.search(text) or _GLOBAL.search(text))):
+    if _LOOP_CARRIED.search(text) or ("CompilationError" in text and _NOT_DEFINED.search(text)):
         return compile_hint(text)
+    m = _GLOBAL.search(text)
+    if m and "CompilationError" in text:  # the compiler quotes the line: a call there means a function
+        return compile_hint(text, kind="function" if re.search(rf"\b{m.group(1)}\s*\(", text) else "value")
     return None
 
 
@@ -154,8 +157,8 @@ def raised_hint(error: BaseException) -> str | None:
 # Triton's interpreter runs a kernel as Python and NumPy, so it accepts code that Triton's
 # compiler refuses: a running max ``m = -float("inf")`` that the loop turns into a block (the
 # compiler needs every loop-carried variable to keep one type), a name assigned inside a loop
-# and read after it, a Python builtin called on a block. Such a kernel passes on a CPU and fails
-# to compile on every GPU. :class:`CompileCheck` watches a call, records the kernels it launched
+# and read after it, a helper without ``@triton.jit``, a plain Python global. Such a kernel
+# passes on a CPU and fails to compile on every GPU. :class:`CompileCheck` watches a call, records the kernels it launched
 # in the interpreter with their arguments, and compiles each one, once per signature, through
 # Triton's front end for sm_80 (the code generator and the IR verifier; no PTX, no ptxas, no
 # files), reporting the compiler's complaints as plain text.
