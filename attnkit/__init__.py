@@ -68,6 +68,9 @@ __all__ += list(_LAZY)
 
 
 def __getattr__(name):
+    if name == "pretrained":  # the shipped model's package: `attnkit.pretrained.load()` after `import attnkit`
+        import importlib
+        return importlib.import_module(".pretrained", __name__)
     if name in _LAZY:
         import importlib
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
@@ -77,4 +80,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"pretrained"})
