@@ -120,6 +120,42 @@ def online_no_rescale(x, block_size):
     return torch.nan_to_num(torch.exp(x - base[..., None]) / l[..., None]), m, l
 
 
+def online_sum_not_rescaled(x, block_size):
+    """The block's exponentials against the new max, but the sum so far added as it was."""
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        m = torch.maximum(m, b.amax(-1))
+        l = l + torch.exp(b - torch.nan_to_num(m, neginf=0.0)[..., None]).sum(-1)
+    base = torch.nan_to_num(m, neginf=0.0)
+    return torch.exp(x - base[..., None]) / torch.where(l > 0, l, 1.0)[..., None], m, l
+
+
+def online_sum_replaced(x, block_size):
+    """l = the block's sum: the running sum is overwritten at every block."""
+    m = x.new_full(x.shape[:-1], NEG)
+    l = x.new_zeros(x.shape[:-1])
+    for s in range(0, x.shape[-1], block_size):
+        b = x[..., s:s + block_size]
+        m = torch.maximum(m, b.amax(-1))
+        l = torch.exp(b - torch.nan_to_num(m, neginf=0.0)[..., None]).sum(-1)
+    base = torch.nan_to_num(m, neginf=0.0)
+    return torch.exp(x - base[..., None]) / torch.where(l > 0, l, 1.0)[..., None], m, l
+
+
+def online_returns_log_sum(x, block_size):
+    """Hands back log(l) as l."""
+    p, m, l = online_notebook(x, block_size)
+    return p, m, torch.log(l)
+
+
+def online_returns_lse_as_max(x, block_size):
+    """Hands back the log-sum-exp m + log(l) as m."""
+    p, m, l = online_notebook(x, block_size)
+    return p, m + torch.log(l), l
+
+
 def online_whole_row(x, block_size):
     """Max and sum over the whole row at once: block_size is never used."""
     m = x.amax(-1)  # (...,)
@@ -336,7 +372,7 @@ def flash_notebook(q, k, v, is_causal=False, block_q=64, block_k=64):
 def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, causal=None, skip=True,
            rescale_acc=True, rescale_l=True, divide=True, lse_max=True, scaled=True, top_left=False,
            guard=True, rows=None, cols=None, mask_value=-math.inf, last_q=True, last_k=True, strict=False,
-           old_max=False):
+           old_max=False, skip_ge=False, lse_is_max=False):
     """A tiled forward written the einsum way, with switches for the classic mistakes."""
     causal = is_causal if causal is None else causal
     rows, cols = rows or block_q, cols or block_k
@@ -351,7 +387,7 @@ def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, cau
         l = torch.zeros(qb.shape[:-1], dtype=q.dtype)
         acc = torch.zeros(*qb.shape[:-1], v.shape[-1], dtype=q.dtype)
         for ks in range(0, nk if last_k else nk // cols * cols, cols):
-            if causal and skip and ks > qe - 1 + offset:
+            if causal and skip and (ks >= qe - 1 + offset if skip_ge else ks > qe - 1 + offset):
                 break  # every key from here on is in the future of every query of the block
             s = torch.einsum("...id,...jd->...ij", qb, k[..., ks:ks + cols, :])
             if scaled:
@@ -373,6 +409,8 @@ def _flash(q, k, v, is_causal=False, block_q=64, block_k=64, *, base=math.e, cau
             out[..., qs:qe, :] = acc
         safe_l = torch.where(l > 0, l, torch.ones_like(l))
         total = torch.nan_to_num(m, neginf=0.0) + torch.log(safe_l) if lse_max else torch.log(safe_l)
+        if lse_is_max:
+            total = m
         lse[..., qs:qe] = torch.where(l > 0, total / math.log(base), torch.full_like(l, -math.inf))
     return out, lse
 
@@ -642,6 +680,21 @@ def flash_p_with_old_max(q, k, v, is_causal=False, block_q=64, block_k=64):
     return _flash(q, k, v, is_causal, block_q, block_k, old_max=True)
 
 
+def flash_skip_on_diagonal(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Breaks out at ks >= qe - 1 + offset: the key block starting on the last query's position is lost."""
+    return _flash(q, k, v, is_causal, block_q, block_k, skip_ge=True)
+
+
+def flash_nothing_rescaled(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Neither l nor acc multiplied by exp(m - m')."""
+    return _flash(q, k, v, is_causal, block_q, block_k, rescale_acc=False, rescale_l=False)
+
+
+def flash_lse_is_max(q, k, v, is_causal=False, block_q=64, block_k=64):
+    """Returns the running max m as the log-sum-exp."""
+    return _flash(q, k, v, is_causal, block_q, block_k, lse_is_max=True)
+
+
 def flash_lse_keepdim(q, k, v, is_causal=False, block_q=64, block_k=64):
     out, lse = flash_notebook(q, k, v, is_causal, block_q, block_k)
     return out, lse.unsqueeze(-1)
@@ -650,8 +703,11 @@ def flash_lse_keepdim(q, k, v, is_causal=False, block_q=64, block_k=64):
 # ---------------------------------------------------------------------------------- FlashAttention backward
 
 def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False, mask_after_exp=False, block=32,
-              guard=True, grad_scale=True, score_scale=True, top_left=False, local_d=False, strict=False):
-    """A tiled backward, both loops over blocks of ``block``, with switches for classic mistakes."""
+              guard=True, grad_scale=True, score_scale=True, top_left=False, local_d=False, strict=False,
+              skip_ge=False):
+    """A tiled backward, both loops over blocks of ``block``, with switches for classic mistakes.
+
+    skip_ge: future key blocks skipped with >= instead of >."""
     nq, nk, scale = q.shape[-2], k.shape[-2], 1 / math.sqrt(q.shape[-1])
     offset = (0 if top_left else nk - nq) - strict
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -660,6 +716,8 @@ def _backward(q, k, v, out, lse, d_out, is_causal, drop_d=False, drop_mask=False
     lse0 = torch.where(live, lse, torch.zeros_like(lse)) if guard else lse
     for qs in range(0, nq, block):
         for ks in range(0, nk, block):
+            if is_causal and skip_ge and ks >= min(qs + block, nq) - 1 + offset:
+                break
             qb, do = q[..., qs:qs + block, :], d_out[..., qs:qs + block, :]
             kb, vb = k[..., ks:ks + block, :], v[..., ks:ks + block, :]
             s = qb @ kb.transpose(-2, -1)
@@ -763,6 +821,31 @@ def backward_einsum_float32_tiles(q, k, v, out, lse, d_out, is_causal=False, blo
 def backward_tile_local_d(q, k, v, out, lse, d_out, is_causal=False):
     """D = rowsum(P * dP) of the tile in hand, tiles of 64: only that tile's keys."""
     return _backward(q, k, v, out, lse, d_out, is_causal, local_d=True, block=64)
+
+
+def backward_tile_local_d_48(q, k, v, out, lse, d_out, is_causal=False):
+    """D from the tile in hand, tiles of 48."""
+    return _backward(q, k, v, out, lse, d_out, is_causal, local_d=True, block=48)
+
+
+def backward_skip_on_diagonal(q, k, v, out, lse, d_out, is_causal=False):
+    """Tiles of 64, key blocks skipped from ks >= the last query's position on."""
+    return _backward(q, k, v, out, lse, d_out, is_causal, block=64, skip_ge=True)
+
+
+def backward_skip_on_diagonal_16(q, k, v, out, lse, d_out, is_causal=False):
+    return _backward(q, k, v, out, lse, d_out, is_causal, block=16, skip_ge=True)
+
+
+def backward_in_float32(q, k, v, out, lse, d_out, is_causal=False):
+    """Casts everything to float32 and back: right only to float32 precision."""
+    grads = _backward(*(t.float() for t in (q, k, v, out, lse, d_out)), is_causal)
+    return tuple(t.to(q.dtype) for t in grads)
+
+
+def backward_dk_dv_swapped(q, k, v, out, lse, d_out, is_causal=False):
+    dq, dk, dv = _backward(q, k, v, out, lse, d_out, is_causal)
+    return dq, dv, dk
 
 
 def backward_keys_outside(q, k, v, out, lse, d_out, is_causal=False, block=48):
@@ -1162,6 +1245,10 @@ EXERCISES = [
         Mutant("the new block summed against its own max, l rescaled to the new one", online_block_own_max,
                "not against the block's own max"),
         Mutant("block.max(): one max for every row", online_global_max, "block.amax(dim=-1)"),
+        Mutant("exp against the new max, the old sum not rescaled", online_sum_not_rescaled, "not rescaled"),
+        Mutant("l overwritten by each block's sum", online_sum_replaced, "last block's sum"),
+        Mutant("returns log(l) as l", online_returns_log_sum, "not its log"),
+        Mutant("returns m + log(l) as m", online_returns_lse_as_max, "not the log-sum-exp"),
     ], correct=[online_ok, online_notebook, online_float64_split, online_rows_python, online_padded_blocks]),
     Exercise("flash_attention_forward", check_flash_attention_forward, mutants=[
         Mutant("lse in base 2", flash_base2, "base 2"),
@@ -1186,6 +1273,9 @@ EXERCISES = [
         Mutant("the last, shorter key block is skipped", flash_drops_last_key_block, "last, shorter key block"),
         Mutant("strict causal mask (j < i')", flash_strict_mask, "strict"),
         Mutant("P against the max before the tile", flash_p_with_old_max, "new running max"),
+        Mutant("skips the key block that starts on the diagonal (>= for >)", flash_skip_on_diagonal, "> not >="),
+        Mutant("neither l nor acc rescaled", flash_nothing_rescaled, "neither l nor the accumulator"),
+        Mutant("lse is the running max m", flash_lse_is_max, "max m alone"),
     ], correct=[flash_notebook, flash_einsum, flash_float64_logaddexp, flash_flat_batch, flash_keys_outside, flash_exp2,
                 flash_row_bias, flash_loop_over_heads]),
     Exercise("flash_attention_backward", check_flash_attention_backward, mutants=[
@@ -1202,6 +1292,12 @@ EXERCISES = [
         Mutant("D summed inside each tile from P and dP", backward_tile_local_d, "whole row"),
         Mutant("strict causal mask (j < i')", backward_strict_mask, "strict"),
         Mutant("autograd through SDPA", backward_autograd_of_sdpa, "calls"),
+        Mutant("D summed inside each tile, tiles of 48", backward_tile_local_d_48, "whole row"),
+        Mutant("skips the key block that starts on the diagonal, tiles of 64", backward_skip_on_diagonal, "> not >="),
+        Mutant("skips the key block that starts on the diagonal, tiles of 16", backward_skip_on_diagonal_16,
+               "> not >="),
+        Mutant("computes in float32 inside", backward_in_float32, "float32 precision"),
+        Mutant("dk and dv swapped", backward_dk_dv_swapped, "swapped"),
     ], correct=[backward_notebook, backward_tiles_of_8, backward_autograd_of_tiles, backward_einsum_float32_tiles,
                 backward_keys_outside]),
     Exercise("sliding_window_mask", check_sliding_window_mask, mutants=[

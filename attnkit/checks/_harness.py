@@ -206,10 +206,12 @@ class Checker:
             self.fail(case, f"NaN in the {what} (first at index {idx}) where a number was expected")
         err = (got.detach().double() - want.double()).abs().nan_to_num(float("inf"))
         idx = tuple(int(i) for i in (err == err.max()).nonzero()[0])
+        w, gv = float(want[idx]), float(got[idx])
+        digits = next((n for n in (6, 9, 12, 17) if f"{w:.{n}g}" != f"{gv:.{n}g}"), 17)  # enough to tell them apart
         prefix = f"{otherwise} (" if otherwise else f"wrong {what}: "
         suffix = ")" if otherwise else ""
         self.fail(case, f"{prefix}largest difference {float(err[idx]):.3g} at index {idx} "
-                        f"(expected {float(want[idx]):.6g}, got {float(got[idx]):.6g}){suffix}")
+                        f"(expected {w:.{digits}g}, got {gv:.{digits}g}){suffix}")
 
     def passed(self, covered: str) -> str:
         total = max(self.groups, 1)

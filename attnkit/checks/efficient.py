@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from .. import _spy, chunked, flash, linear, masks
 from ..attention import scaled_dot_product_attention as reference_attention
 from ..online_softmax import online_softmax as reference_online_softmax
-from ._harness import Ban, Checker, Watcher, _close, fmt_shape, gen, paused, randn
+from ._harness import TOLERANCE, Ban, Checker, Watcher, _close, fmt_shape, gen, paused, randn
 from .basics import ATTENTION_ATEN, ATTENTION_FUNCTIONS, SOFTMAX_ATEN, SOFTMAX_FUNCTIONS, reference_softmax
 
 # The online softmax exercise says torch.logsumexp is off limits (it is the normaliser being taught).
@@ -220,8 +220,12 @@ def _tuple(c: Checker, label: str, got, n: int, names: str) -> tuple:
 
 # ---------------------------------------------------------------- online softmax
 
-def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=True, in_loop=False, own_max=False):
-    """The online softmax in float64 with switches for the classic mistakes: (probs, m, l)."""
+def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=True, in_loop=False, own_max=False,
+            unscaled=False, reset=False):
+    """The online softmax in float64 with switches for the classic mistakes: (probs, m, l).
+
+    unscaled: the block's exponentials against the new max, the old sum added as it was;
+    reset: l replaced by the block's sum instead of added to."""
     x = x.double()
     n = x.shape[-1]
     stop = n if last else n // block * block
@@ -241,6 +245,10 @@ def _online(x, block, *, rescale=True, inverted=False, first_block=False, last=T
         elif not rescale:  # each block summed against its own max
             own = b.amax(-1)
             l = l + torch.exp(b - torch.where(torch.isneginf(own), torch.zeros_like(own), own).unsqueeze(-1)).sum(-1)
+        elif unscaled:
+            l = l + e.sum(-1)
+        elif reset:
+            l = e.sum(-1)
         elif inverted and first_block and idx == 0:
             l = e.sum(-1)
         elif inverted:
@@ -310,6 +318,8 @@ def check_online_softmax(fn) -> str:
                     c.fail(label, _ALL_NEG_INF)
             _check(c, label, m, want_m, what="running max m", dtype=x.dtype, lead=lead, wrong=lambda: [
                 (_online(x, block, last=False)[1], _LAST),
+                (want_m + torch.log(want_l), "m is the running max, not the log-sum-exp: return m itself; "
+                                              "m + log(l) is the log-sum-exp"),
                 (x.double().amax().expand(want_m.shape),
                  "m is one number for all rows: take each row's max over the block, block.amax(dim=-1), not the "
                  "max of the whole block (block.max())")],
@@ -317,7 +327,12 @@ def check_online_softmax(fn) -> str:
                                                          and torch.isfinite(got_m[dead]).any()) else None)
             _check(c, label, l, want_l, what="running sum l", dtype=x.dtype, lead=lead, wrong=lambda: [
                 (_online(x, block, rescale=False)[2], _STALE),
+                (_online(x, block, unscaled=True)[2], _STALE),
+                (_online(x, block, reset=True)[2],
+                 "l holds only the last block's sum: add each block's sum to the rescaled running sum, "
+                 "l = l * exp(m - m') + exp(x_block - m').sum(-1), rather than replacing it"),
                 (torch.exp(x.double()).sum(-1), _NO_MAX),
+                (torch.log(want_l), "l is the running sum itself, sum(exp(x - m)), not its log"),
                 (_online(x, block, own_max=True)[2],
                  "the new block's exponentials must be taken against the new running max m' (exp(x - m')), the max "
                  "the old sum is rescaled to, not against the block's own max"),
@@ -347,12 +362,22 @@ def _naive(q, k, v, causal, base=math.e, *, scale=True, top_left=False, strict=F
     return w @ v, lse / math.log(base)
 
 
+def _rowmax(q, k, causal):
+    """Each query's largest scaled (masked) score in float64: the final running max m."""
+    q, k = q.double(), k.double()
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        s = s.masked_fill(~_mask(q.shape[-2], k.shape[-2]), float("-inf"))
+    return s.amax(-1)
+
+
 def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=True, divide=True, last_k=True,
-           old_max=False):
+           old_max=False, skip_ge=False):
     """A tiled forward in float64 with switches for the classic mistakes: (out, log(l)).
 
     last_k=False: the last, shorter key block is never read; old_max: P = exp(S - m) with the
-    max before this tile (the new one while m is still -inf)."""
+    max before this tile (the new one while m is still -inf); skip_ge: the causal skip drops a
+    key block whose first key sits exactly on the last query's position (>= instead of >)."""
     q, k, v = q.double(), k.double(), v.double()
     nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     k_stop = nk if last_k else nk // block_k * block_k
@@ -364,6 +389,8 @@ def _tiled(q, k, v, causal, block_q, block_k, *, rescale_acc=True, rescale_l=Tru
         l = torch.zeros_like(m)
         acc = q.new_zeros(*m.shape, v.shape[-1])
         for ks in range(0, k_stop, block_k):
+            if causal and skip_ge and ks >= qe - 1 + nk - nq:
+                break
             ke = min(ks + block_k, nk)
             s = q[..., qs:qe, :] @ k[..., ks:ke, :].transpose(-2, -1) / math.sqrt(d)
             if causal:
@@ -395,6 +422,8 @@ _TOP_LEFT = ("the causal mask is aligned to the top left: query i sits at positi
              "so key j is allowed iff j <= i + Nk - Nq")
 _STRICT = ("the causal mask is strict: a query may attend to the key at its own position too, so key j is allowed "
            "iff j <= i + Nk - Nq (not <)")
+_SKIP_GE = ("a key block whose first key is exactly on the diagonal was skipped: skip a block only when its first "
+            "key is after the last query's position (ks > qe - 1 + Nk - Nq), > not >=")
 _FORWARD_HINT = "Loop over query and key blocks with a running max and sum; never build the full score matrix."
 _BACKWARD_HINT = ("Loop over key and query blocks and rebuild each tile of P from q, k and lse (P = exp(S - lse)); "
                   "never build the full score matrix.")
@@ -414,7 +443,10 @@ def check_flash_attention_forward(fn) -> str:
              ("causal, 12 new queries after 36 keys, 5-D input", 12, 48, True, 8, 16, (2, 1, 2)),
              ("causal, 20 queries but 12 keys: the first 8 see no key, 2-D input (N, d), blocks 6 x 8",
               20, 12, True, 6, 8, ()),
-             ("causal, 44 x 52, blocks 12 x 20", 44, 52, True, 12, 20, (2, 3))]
+             ("causal, 44 x 52, blocks 12 x 20", 44, 52, True, 12, 20, (2, 3)),
+             # off = 9: each query block's last query sits exactly on the first key of a key block
+             ("causal, 24 x 33, blocks 8: a key block starts on each query block's last position", 24, 33, True, 8, 8,
+              (2, 3))]
     c = Checker("flash_attention_forward", fn)
     for label, nq, nk, causal, bq, bk, lead_dims in cases:
         with c.case(label):
@@ -451,6 +483,9 @@ def check_flash_attention_forward(fn) -> str:
                 (_tiled(q, k, v, causal, bq, bk, rescale_acc=False)[0],
                  "the accumulator was not rescaled: when the running max grows from m to m', multiply acc by "
                  "exp(m - m') as you do l, before adding P V of the new tile"),
+                (_tiled(q, k, v, causal, bq, bk, rescale_acc=False, rescale_l=False)[0],
+                 "neither l nor the accumulator was rescaled: when the running max grows from m to m', multiply both "
+                 "l and acc by exp(m - m') before adding the new tile"),
                 (_tiled(q, k, v, causal, bq, bk, rescale_l=False)[0],
                  "the running sum l was not rescaled: when the running max grows from m to m', multiply l by "
                  "exp(m - m') before adding the new tile's row sums"),
@@ -462,12 +497,14 @@ def check_flash_attention_forward(fn) -> str:
                 (_tiled(q, k, v, causal, bq, bk, last_k=False)[0],
                  "the last, shorter key block was never read: loop with range(0, Nk, block_k) so that a last block "
                  "shorter than block_k counts too"),
+                (_tiled(q, k, v, causal, bq, bk, skip_ge=True)[0], _SKIP_GE),
             ])
             _check(c, label, lse, want_lse, what="log-sum-exp", dtype=q.dtype, lead=lead,
                    fallback=lambda got_l: no_key(got_l, want_lse), wrong=lambda: [
                 (want_lse.unsqueeze(-1), "lse has shape (..., Nq): one number per query, without a trailing 1"),
                 (_naive(q, k, v, causal, base=2)[1], "lse is in base 2; the contract asks for the natural log"),
                 (_tiled(q, k, v, causal, bq, bk)[1], "lse = m + log(l): you left out the running max m"),
+                (_rowmax(q, k, causal), "lse = m + log(l): you returned the running max m alone, add log(l)"),
                 (_naive(q, k, v, causal, scale=False)[1], _NO_SCALE),
                 (_naive(q, k, v, causal, top_left=True)[1], _TOP_LEFT),
                 (_naive(q, k, v, causal, strict=True)[1], _STRICT),
@@ -529,8 +566,26 @@ def _tile_local_d(q, k, v, lse, d_out, allowed, block):
     return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ d_out
 
 
+def _skip_ge_masks(nq, nk, sizes=(16, 32, 48, 64, 128)):
+    """The causal masks a tiled backward with blocks from ``sizes`` uses when its skip test is >= instead of >:
+    the last query of a query block loses the key on its own position when a key block starts there."""
+    off, full, seen = nk - nq, _mask(nq, nk), []
+    for bq in sizes:
+        for bk in sizes:
+            allowed = full.clone()
+            for qs in range(0, nq, bq):
+                last = min(qs + bq, nq) - 1 + off  # the last query's position
+                if 0 <= last < nk and last % bk == 0:
+                    allowed[min(qs + bq, nq) - 1, last] = False
+            if not torch.equal(allowed, full) and not any(torch.equal(allowed, m) for m in seen):
+                seen.append(allowed)
+    return seen
+
+
 _LOCAL_D = ("D must be the rowsum over the whole row, D = (d_out * out).sum(-1), computed once before the loops: "
             "summed inside a tile from P and dP, it covers only that tile's keys")
+_FLOAT32_INSIDE = ("{} is right to float32 precision only (about 1e-7 relative): the inputs are float64 here, so "
+                   "compute in their dtype (no .float(), no tensors made as float32) and the result matches to 1e-10")
 _NAN_NO_KEY = ("NaN in the gradients of a query that saw no key (lse = -inf): s - lse is -inf - (-inf) = NaN there. "
                "Treat lse = -inf as 0 and mask those rows: such a query contributes nothing")
 _NAN_MASK = ("NaN in the gradients: set masked scores to -inf before exp (exp of a masked score far above lse "
@@ -548,7 +603,9 @@ def check_flash_attention_backward(fn) -> str:
             ("causal 130 x 130, large scores", 130, 130, True, 400.0, (1, 2)),
             ("causal, 150 queries but 130 keys: the first 20 see no key, 3-D input (H, N, d)",
              150, 130, True, 1.0, (2,)),
-            ("2-D input (N, d), 135 x 140", 135, 140, False, 1.0, ())]:
+            ("2-D input (N, d), 135 x 140", 135, 140, False, 1.0, ()),
+            # one key after the queries: with any tile size, a key block starts on a query block's last position
+            ("causal 128 x 129", 128, 129, True, 1.0, (1, 2))]:
         with c.case(label):
             c.ban = _flash_ban(nq, nk, _BACKWARD_HINT)
             q, k, v = (randn(g, *lead_dims, n, 8, dtype=torch.float64).requires_grad_() for n in (nq, nk, nk))
@@ -580,8 +637,12 @@ def check_flash_attention_backward(fn) -> str:
                                    "the causal mask is aligned to the top left: query i sits at position "
                                    "i + Nk - Nq (bottom right), as in the forward pass"),
                                   (_dense_backward(q, k, v, out, lse, d_out, _mask(nq, nk, strict=True))[i], _STRICT)]
+                        cands += [(_dense_backward(q, k, v, out, lse, d_out, skipped)[i], _SKIP_GE)
+                                  for skipped in _skip_ge_masks(nq, nk)]
                     cands += [(_tile_local_d(q, k, v, lse, d_out, mask, block)[i], _LOCAL_D)
-                              for block in (16, 32, 64, 128)]
+                              for block in (8, 16, 32, 48, 64, 96, 128)]
+                    if i > 0:
+                        cands += [(want[3 - i], "dk and dv are swapped: return (dq, dk, dv) in that order")]
                     cands += [(_dense_backward(q, k, v, out, lse, d_out, mask, grad_scale=False)[i],
                                "dq and dk miss the 1/sqrt(d) factor: S = Q K^T / sqrt(d), so dQ = dS K / sqrt(d) "
                                "and dK = dS^T Q / sqrt(d)"),
@@ -589,7 +650,9 @@ def check_flash_attention_backward(fn) -> str:
                                "the scores recomputed in the backward miss 1/sqrt(d): rebuild P = exp(Q K^T / sqrt(d) "
                                "- lse), the scores the forward pass used")]
                     return cands
-                _check(c, label, g_, w_, what=name, dtype=torch.float64, lead=lead, wrong=wrong)
+                _check(c, label, g_, w_, what=name, dtype=torch.float64, lead=lead, wrong=wrong,
+                       fallback=lambda got_g, w_=w_, name=name: _FLOAT32_INSIDE.format(name) if (
+                           got_g.shape == w_.shape and _close(got_g, w_, TOLERANCE[torch.float32])) else None)
     return c.passed("non-causal, causal, Nq != Nk, queries that saw no key, 2-D to 4-D input, "
                     "against autograd in float64")
 
