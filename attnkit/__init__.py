@@ -63,6 +63,10 @@ _LAZY = {
     "triton_softmax": "fused_softmax",
     "triton_flash_forward": "triton_flash",
     "TritonFlashAttention": "triton_flash",
+    "triton_scale_shift": "triton_ladder",
+    "triton_row_max": "triton_ladder",
+    "triton_matmul": "triton_ladder",
+    "triton_attention_tile": "triton_ladder",
 }
 __all__ += list(_LAZY)
 

@@ -25,6 +25,8 @@ from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 from .triton_softmax import check_triton_softmax  # imports triton only when it runs
 from .triton import check_triton_flash_dq, check_triton_flash_forward  # imports triton only when it runs
+from .triton_ladder import (check_triton_attention_tile, check_triton_matmul, check_triton_row_max,
+                            check_triton_scale_shift)  # imports triton only when it runs
 from .modern import (check_flash_decode, check_mla_scores, check_paged_attention, check_sink_attention,
                      check_yarn_inv_freq)
 from .beyond import check_gated_delta_rule, check_gated_delta_rule_chunked
@@ -63,10 +65,13 @@ CHECKS = {
 NOTEBOOK_CHECKS.update(FLEX_CHECKS)
 NOTEBOOK_CHECKS.update(merge_partials=check_merge_partials)
 NOTEBOOK_CHECKS.update(triton_flash_dq=check_triton_flash_dq)
+NOTEBOOK_CHECKS.update(triton_scale_shift=check_triton_scale_shift, triton_row_max=check_triton_row_max,
+                       triton_matmul=check_triton_matmul, triton_attention_tile=check_triton_attention_tile)
 NOTEBOOK_CHECKS.update(gated_delta_rule_chunked=check_gated_delta_rule_chunked)
 assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
 
 __all__ = ["CHECKS", "NOTEBOOK_CHECKS", "there", *(f"check_{name}" for name in CHECKS), "check_induction_score",
            "check_merge_partials",
-           "check_triton_flash_dq", "check_gated_delta_rule_chunked",
+           "check_triton_flash_dq", "check_triton_scale_shift", "check_triton_row_max", "check_triton_matmul",
+           "check_triton_attention_tile", "check_gated_delta_rule_chunked",
            "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS)]

@@ -73,6 +73,11 @@ def call_kernel(c, label: str, *args):
 ARANGE_HINT = ("tl.arange needs a power-of-two length, and so does every block shape: pad to a power of two "
                "(BLOCK_D = triton.next_power_of_2(d), BLOCK_N = triton.next_power_of_2(N)) and mask the extra "
                "lanes (offs_d < d) on every load and store")
+DOT_HINT = ("tl.dot needs blocks of at least 16 along the inner dimension K on a GPU (its tensor-core "
+            "instructions work on 16-wide fragments; the interpreter runs any size): make every block that tl.dot "
+            "multiplies at least 16 wide, e.g. BLOCK_K = max(16, triton.next_power_of_2(K)), and mask the padding "
+            "lanes with other=0.0, which adds nothing to the products")
+_DOT_SIZE = re.compile(r"Input shapes should have M >= \d+, N >= \d+ and K >= \d+")
 _LOOP_CARRIED = re.compile(r"Loop-carried variable (\w+) has initial type (.+?) but is re-assigned to (.+?) in loop")
 _BLOCK_TYPE = re.compile(r"<\[([^\]]*)\],\s*(\w+)>")
 _NOT_DEFINED = re.compile(r"NameError\W+'?(\w+)'? is not defined")
@@ -115,6 +120,8 @@ def compile_hint(message: str, kernel: str = "", line: str = "", code: str = "",
         return (f"loop-carried {name} must keep one type: it starts as {words(shape0, dtype0)} and the loop makes it "
                 f"{words(shape1, dtype1)}; create it before the loop with the shape and dtype the loop gives it (an "
                 f"accumulator: tl.zeros((BLOCK_M, BLOCK_D), tl.float32)). {fails}{where}")
+    if _DOT_SIZE.search(message):
+        return f"{DOT_HINT}. The interpreter runs it, but {everywhere}{where}"
     m = _GLOBAL.search(message)
     if m:
         name = m.group(1)
@@ -144,6 +151,8 @@ def raised_hint(error: BaseException) -> str | None:
     text = "\n".join(texts)
     if "arange's range must be a power of 2" in text:
         return ARANGE_HINT
+    if _DOT_SIZE.search(text):
+        return DOT_HINT
     if _LOOP_CARRIED.search(text) or ("CompilationError" in text and _NOT_DEFINED.search(text)):
         return compile_hint(text)
     m = _GLOBAL.search(text)
