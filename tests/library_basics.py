@@ -104,6 +104,21 @@ def dot_tensordot(q, k):
     return torch.tensordot(q, k, dims=([-1], [-1]))
 
 
+def dot_softmaxed(q, k):
+    """Goes one step too far: the weights instead of the scores."""
+    return _softmax(q @ k.transpose(-2, -1))
+
+
+def dot_first_batch_keys(q, k):
+    """Flattens k's batch axes and keeps only the first keys."""
+    keys = k.reshape(-1, *k.shape[-2:])[0]  # (Nk, d)
+    return q @ keys.T
+
+
+def dot_in_half(q, k):
+    return (q.half() @ k.half().transpose(-2, -1)).to(q.dtype)
+
+
 # ====================================================================== softmax
 
 
@@ -206,6 +221,17 @@ def softmax_log(x, dim=-1):
     return x - torch.logsumexp(x, dim, keepdim=True)  # log-probabilities: the exp is missing
 
 
+def softmax_temperature_sqrt_n(x, dim=-1):
+    """Borrows attention's 1/sqrt(n) and divides the logits by it."""
+    y = x / math.sqrt(x.shape[dim])
+    e = torch.exp(y - y.amax(dim, keepdim=True).nan_to_num(neginf=0.0))
+    return e / e.sum(dim, keepdim=True).clamp_min(1e-30)
+
+
+def softmax_in_half(x, dim=-1):
+    return _softmax(x.half(), dim).to(x.dtype)
+
+
 def softmax_whole_tensor_sum(x, dim=-1):
     e = torch.exp(x - x.amax(dim, keepdim=True).nan_to_num(neginf=0.0))
     return e / e.sum()
@@ -290,6 +316,24 @@ def sdpa_additive_mask(q, k, v, mask=None):
     s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
         s = s + (~mask) * -1e9  # an additive mask, as some libraries build it
+    w = _softmax(s)
+    return w @ v, w
+
+
+def sdpa_additive_mask_1e4(q, k, v, mask=None):
+    """An additive float mask of -1e4: a fully masked row keeps its own scores' softmax."""
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s + (1.0 - mask.to(s.dtype)) * -1e4
+    w = _softmax(s)
+    return w @ v, w
+
+
+def sdpa_mask_transposed(q, k, v, mask=None):
+    """Transposes the mask's last two axes (it works for no mask, fails on a padding mask)."""
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask.transpose(-2, -1), NEG_INF)
     w = _softmax(s)
     return w @ v, w
 
@@ -615,6 +659,10 @@ def merge_float32_buffer(x):
     return out
 
 
+def merge_reversed_heads(x):
+    return torch.cat([x[:, h] for h in reversed(range(x.shape[1]))], dim=-1)  # the last head first
+
+
 def merge_flattens_batch(x):
     return x.transpose(1, 2).reshape(-1, x.shape[1] * x.shape[3])  # (B*N, H*d)
 
@@ -694,6 +742,32 @@ def mha_single_head(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
     return attnkit.scaled_dot_product_attention(q, k, v, m)[0] @ w_o.T
 
 
+def mha_w_q_not_transposed(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    """x @ w_q for the queries, x @ w.T for the rest."""
+    return mha_with_learner_parts(x, w_q.T, w_k, w_v, w_o, n_heads, mask)
+
+
+def mha_w_o_not_transposed(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    return mha_with_learner_parts(x, w_q, w_k, w_v, w_o.T, n_heads, mask)
+
+
+def mha_single_head_head_scale(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    """One head over all D features, but scaled by 1/sqrt(D / n_heads)."""
+    q, k, v = (x @ w.T for w in (w_q, w_k, w_v))
+    m = None if mask is None else mask.any(1) if mask.ndim == 4 else mask.any(0) if mask.ndim == 3 else mask
+    s = q @ k.transpose(-2, -1) / math.sqrt(x.shape[-1] // n_heads)
+    if m is not None:
+        s = s.masked_fill(~m, NEG_INF)
+    return _softmax(s) @ v @ w_o.T
+
+
+def mha_mask_of_head_0(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
+    """A 4-D mask cut to its first head before use."""
+    if mask is not None and mask.ndim == 4:
+        mask = mask[:, :1]
+    return mha_with_learner_parts(x, w_q, w_k, w_v, w_o, n_heads, mask)
+
+
 def mha_heads_and_dim_swapped(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
     return _mha(x, w_q, w_k, w_v, w_o, x.shape[-1] // n_heads, mask)
 
@@ -760,6 +834,9 @@ EXERCISES = [
         Mutant("a torch.zeros buffer (float32 whatever the input)", dot_float32_buffer, "dtype=q.dtype"),
         Mutant("torch.bmm on flattened batches: no broadcasting", dot_bmm, "broadcast"),
         Mutant("torch.tensordot over d: every batch paired with every batch", dot_tensordot, "batch"),
+        Mutant("softmax of the scores", dot_softmaxed, "raw scores"),
+        Mutant("the first batch element's keys for every batch", dot_first_batch_keys, "keys of the first one"),
+        Mutant("computed in float16", dot_in_half, "float16"),
     ], [dot_einsum, dot_mT, dot_broadcast_sum, dot_float64_inside, dot_non_contiguous]),
 
     Exercise("softmax", checks.check_softmax, [
@@ -778,6 +855,8 @@ EXERCISES = [
         Mutant("computed in float64, never cast back", softmax_returns_float64, "cast back"),
         Mutant("x - logsumexp: log-probabilities", softmax_log, "log-probabilities"),
         Mutant("divided by the sum of the whole tensor", softmax_whole_tensor_sum, "whole tensor"),
+        Mutant("logits divided by sqrt(n)", softmax_temperature_sqrt_n, "temperature"),
+        Mutant("computed in float16", softmax_in_half, "float16"),
     ], [softmax_nan_to_num_max, softmax_logsumexp, softmax_float64_inside, softmax_last_axis]),
 
     Exercise("scaled_dot_product_attention", checks.check_scaled_dot_product_attention, [
@@ -798,6 +877,8 @@ EXERCISES = [
         Mutant("computed in float64, never cast back", sdpa_returns_float64, "cast back"),
         Mutant("k.transpose(2, 3): written for 4-D only", sdpa_fixed_axes, "leading"),
         Mutant("k.T: every axis reversed", sdpa_k_T, "k.T"),
+        Mutant("additive -1e4 float mask", sdpa_additive_mask_1e4, "fully masked row"),
+        Mutant("mask transposed", sdpa_mask_transposed, "without transposing"),
     ], [sdpa_einsum, sdpa_torch_softmax, sdpa_float64_inside, sdpa_guarded_rows]),
 
     Exercise("causal_mask", checks.check_causal_mask, [
@@ -847,6 +928,7 @@ EXERCISES = [
         Mutant("heads summed", merge_sum_heads, "concatenate"),
         Mutant("a torch.zeros buffer (float32 whatever the input)", merge_float32_buffer, "dtype"),
         Mutant("reshape(-1, H*d): batch and tokens flattened together", merge_flattens_batch, "batch axis"),
+        Mutant("heads concatenated last to first", merge_reversed_heads, "reverse order"),
     ], [merge_flatten, merge_contiguous_view, merge_cat_heads, merge_loop]),
 
     Exercise("multi_head_attention", checks.check_multi_head_attention, [
@@ -867,5 +949,9 @@ EXERCISES = [
         Mutant("w_q used for the keys and values too", mha_w_q_everywhere, "w_k"),
         Mutant("computed in float64, never cast back", mha_returns_float64, "cast back"),
         Mutant("returns (out, weights)", mha_returns_weights_too, "only the output"),
+        Mutant("x @ w_q without the transpose", mha_w_q_not_transposed, "x @ w_q.T"),
+        Mutant("merged @ w_o without the transpose", mha_w_o_not_transposed, "merged @ w_o.T"),
+        Mutant("one head over all D, scaled by the head dim", mha_single_head_head_scale, "single-head"),
+        Mutant("every head gets head 0's mask", mha_mask_of_head_0, "head 0's mask"),
     ], [mha_with_learner_parts, mha_with_torch_sdpa, mha_loop_over_heads, mha_einsum_weights, mha_float64_inside]),
 ]

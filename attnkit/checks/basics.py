@@ -100,6 +100,20 @@ def _expect(c: Checker, label: str, got, want: torch.Tensor, *, what: str, wrong
 # ---------------------------------------------------------------- 01: dot-product scores
 
 
+def _low_precision(c: Checker, label: str, got, want: torch.Tensor, what: str, dtype: torch.dtype) -> None:
+    """Name a result that is right only to float16 / bfloat16 precision (computed in half precision)."""
+    if not (isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == dtype
+            and dtype in (torch.float32, torch.float64)):
+        return
+    g = got.detach().cpu()
+    if _allclose(g, want) or torch.isnan(g).any():
+        return
+    if torch.allclose(g.double(), want.double(), rtol=1e-2, atol=1e-3):
+        c.fail(label, f"the {what} are right to about 3 digits only: you computed in float16 or bfloat16. Keep "
+                      f"the input's dtype ({str(dtype).replace('torch.', '')}) throughout (no .half())")
+
+
+
 def _ref_scores(q, k):
     return q.double() @ k.double().transpose(-2, -1)
 
@@ -144,6 +158,12 @@ def check_dot_product_scores(fn) -> str:
                 (qu @ ku.transpose(-2, -1), "you normalised q and k, which gives cosine similarity; the dot "
                                             "product keeps the vector lengths"),
             ]
+            wrong.append((reference_softmax(want, -1), "these are softmax weights: this exercise asks for the raw "
+                                                       "scores q @ k^T, before any softmax"))
+            if q.ndim > 2 and k.reshape(-1, Nk, d).shape[0] > 1:
+                wrong.append((qd @ kd.reshape(-1, Nk, d)[0].transpose(-2, -1), "every batch element used the keys "
+                              "of the first one (k[0]): the leading axes of q and k must line up, so use "
+                              "q @ k.transpose(-2, -1) on the whole tensors"))
             if Nk == d:
                 wrong.append((qd @ kd, "q @ k multiplies the rows of q with the columns of k, which are not "
                                        "keys: transpose k first, q @ k.transpose(-2, -1)"))
@@ -160,6 +180,8 @@ def check_dot_product_scores(fn) -> str:
                               "you paired every query with the keys of every batch element (tensordot / inner "
                               "contract only d): the leading batch axes must line up, so use "
                               "q @ k.transpose(-2, -1)"))
+            if not _matching(got, wrong):
+                _low_precision(c, label, got, want, "scores", q.dtype)
             _expect(c, label, got, want, what="scores", wrong=wrong, dtype=q.dtype, arg="q",
                     shape_hint=if_raises if q.ndim > 2 else "the scores of q (..., Nq, d) and k (..., Nk, d) "
                                                             "have shape (..., Nq, Nk)")
@@ -230,6 +252,9 @@ def check_softmax(fn) -> str:
             wrong += [
                 (e, "the result does not sum to 1 along dim: divide the exponentials by their sum"),
                 global_max,
+                *[(_ref_softmax(xd / t, dim), f"you divided the logits by {name} (a temperature): softmax is "
+                                              f"exp(x - max) / sum, with x as it is")
+                  for t, name in ((math.sqrt(x.shape[axis]), "sqrt(n)"), (x.shape[axis], "n")) if t > 1],
                 (e / e.sum(), "the whole tensor sums to 1, not each slice along dim: sum along dim with "
                               "keepdim=True, e.sum(dim, keepdim=True)"),
                 (xd - torch.logsumexp(xd, dim, keepdim=True), "these are log-probabilities (x - logsumexp): "
@@ -258,6 +283,7 @@ def check_softmax(fn) -> str:
                     c.fail(label, hint)
                 if not torch.isfinite(got.detach().cpu()).all() and x.abs().max() > 80:
                     c.fail(label, STABLE_HINT)
+            _low_precision(c, label, got, want, "probabilities", x.dtype)
             _expect(c, label, got, want, what="softmax", wrong=wrong, dtype=x.dtype,
                     shape_hint="softmax keeps the shape of x")
     return c.passed("1-D to 5-D, several axes, huge logits, -inf entries, all -inf rows, float64")
@@ -276,6 +302,15 @@ def _sdpa(q, k, v, mask=None, scale=None, mask_after=False, fill=float("-inf"), 
     if mask is not None and mask_after:
         w = w * mask
     return w @ v, w
+
+
+def _runs(fn, *args) -> bool:
+    """Whether ``fn(*args)`` returns without raising (on copies of the inputs, output unused)."""
+    try:
+        fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
+    except Exception:
+        return False
+    return True
 
 
 def _axes_hint(ndim: int) -> str:
@@ -315,13 +350,28 @@ def check_scaled_dot_product_attention(fn) -> str:
         ("float64 inputs, padding mask (2, 1, 7)", randn(g, 2, 4, 3, dtype=torch.float64),
          randn(g, 2, 7, 3, dtype=torch.float64), randn(g, 2, 7, 2, dtype=torch.float64), pad64),
     ]
+    four_d_ok = False  # a 4-D case passed: an error on a later 4-D case is about its mask, not k.T
     for label, q, k, v, mask in cases:
         with c.case(label):
             if_raises = _axes_hint(q.ndim) if q.ndim != 4 else \
                 "k.T reverses every axis of a batched tensor: transpose only the last two (k.transpose(-2, -1))"
-            if mask is not None:
+            mask_hint = "" if mask is None else (
+                f"the mask {tuple(mask.shape)} broadcasts against the scores (..., Nq, Nk) as it is: use it without "
+                f"transposing or reshaping it, scores.masked_fill(~mask, -inf)")
+            if mask is not None and q.ndim == 4 and four_d_ok:
+                if_raises = mask_hint
+            elif mask is not None:
                 if_raises += f"; the mask {tuple(mask.shape)} broadcasts against the scores (..., Nq, Nk)"
-            got = _call(c, label, q, k, v, mask, hint=if_raises)
+            try:
+                got = _call(c, label, q, k, v, mask, hint=if_raises)
+            except AssertionError as e:
+                first, _, rest = str(e).partition("\n")
+                _, raised, error = first.partition("(your function raised ")
+                if mask is None or not raised or if_raises == mask_hint or not _runs(c.fn, q, k, v, None):
+                    raise
+                # the same inputs without the mask run: the mask's handling is what raised
+                raise AssertionError(f"{c.name}: {mask_hint} (your function raised {error}"
+                                     + (f"\n{rest}" if rest else "")) from (e.__cause__ or e)
             if not (isinstance(got, tuple) and len(got) == 2):
                 c.fail(label, f"return a pair (out, weights); got {type(got).__name__}"
                               + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
@@ -380,7 +430,8 @@ def check_scaled_dot_product_attention(fn) -> str:
                         and not _matching(weights, wrong_w)):
                     w_got = weights.detach().cpu().double()
                     rest = torch.where(dead.expand_as(want_w), w_got, want_w)
-                    if _allclose(w_got, rest) and (w_got.abs() > 1e-6).logical_and(dead.expand_as(want_w)).any():
+                    tol = TOLERANCE.get(weights.dtype, TOLERANCE[torch.float32])  # the learner's dtype, not float64
+                    if _allclose(w_got, rest, tol) and (w_got.abs() > 1e-6).logical_and(dead.expand_as(want_w)).any():
                         c.fail(label, zero_rows_hint)
             _expect(c, label, weights, want_w, what="weights", wrong=wrong_w, dtype=q.dtype, arg="q",
                     shape_hint="the weights of q (..., Nq, d) and k (..., Nk, d) have shape (..., Nq, Nk)")
@@ -390,5 +441,6 @@ def check_scaled_dot_product_attention(fn) -> str:
                               "average of the values")
             _expect(c, label, out, want_out, what="output", dtype=q.dtype, arg="q",
                     shape_hint="the output is weights @ v, shape (..., Nq, dv)")
+            four_d_ok = four_d_ok or q.ndim == 4
     return c.passed("2-D to 5-D, masks broadcast over batch and heads, padding, fully masked rows, Nq != Nk, "
                     "dv != d, float64")

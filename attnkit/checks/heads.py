@@ -105,6 +105,8 @@ def check_merge_heads(fn) -> str:
                                     "them: reshape to (B, N, H*d)"),
                 (torch.cat(x.unbind(1), dim=1), "you concatenated the heads along the token axis, (B, H*N, d): "
                                                 "concatenate them along the features (dim=-1)"),
+                (_merge(x.flip(1)), "the heads come out in reverse order: head 0 must fill features 0:d, head 1 "
+                                    "the next d, and so on (concatenate x[:, 0], x[:, 1], ... in that order)"),
                 (x.sum(1), "you summed the heads: concatenate them, so that head h fills features h*d:(h+1)*d"),
                 (x.mean(1), "you averaged the heads: concatenate them, so that head h fills features h*d:(h+1)*d"),
                 (want.reshape(B * N, H * d), "keep the batch axis: the result is (B, N, H*d), e.g. reshape(B, N, -1), "
@@ -133,7 +135,8 @@ def _mha(x, ws, H, mask=None, *, transpose_w=True, out_proj=True, scale_dim=None
 def _mha_or_raise(x, ws, H, mask, *, transpose_w, out_proj, scale_dim, heads, split, merge, softmax_dim, fill,
                   which):
     x = x.double()
-    ws = [w.double().T if transpose_w else w.double() for w in ws]
+    flags = transpose_w if isinstance(transpose_w, tuple) else (transpose_w,) * 4  # one per weight, or all
+    ws = [w.double().T if t else w.double() for w, t in zip(ws, flags)]
     D = x.shape[-1]
     Hs = H if heads is None else heads
     q, k, v = (split(x @ ws[i], Hs) for i in which)
@@ -201,6 +204,10 @@ def check_multi_head_attention(fn) -> str:
             wrong = [
                 (_mha(x, ws, H, mask, transpose_w=False), "projections must be x @ w.T (as nn.Linear stores "
                  "its weight (out, in)), not x @ w"),
+                *[(_mha(x, ws, H, mask, transpose_w=tuple(j != i for j in range(4))),
+                   f"{w} was used untransposed: {src} @ {w} instead of {src} @ {w}.T (nn.Linear stores its weight "
+                   f"(out, in))") for i, (w, src) in enumerate((("w_q", "x"), ("w_k", "x"), ("w_v", "x"),
+                                                                ("w_o", "merged")))],
                 (_mha(x, ws, H, mask, out_proj=False), "you forgot the output projection: merge the heads, "
                  "then multiply by w_o.T"),
                 (_mha(x, ws, H, mask, scale_dim=1), "you forgot to divide the scores by sqrt(d), where "
@@ -230,6 +237,14 @@ def check_multi_head_attention(fn) -> str:
                     (_mha(x, ws, H, mask, merge=_merge_straight), "your merge mixes tokens and heads: merge with "
                      "transpose(1, 2), then reshape to (B, N, D), not a straight reshape of (B, H, N, d)"),
                 ]
+                wrong.append((_mha(x, ws, H, None if mask is None else mask.any(-3, keepdim=True)
+                                   if mask.ndim >= 3 else mask, heads=1, scale_dim=D // H),
+                              "this is single-head attention over all D features (scaled by the head dim): split "
+                              "q, k and v into n_heads heads of d = D // n_heads features before attending"))
+                if mask is not None and mask.ndim == 4 and mask.shape[1] == H:
+                    wrong.append((_mha(x, ws, H, mask[:, :1]), "every head got head 0's mask: a mask of shape "
+                                  "(B, H, N, N) holds one mask per head; use it as it is, it lines up with the "
+                                  "scores (B, H, N, N)"))
                 if D // H not in (H, 1):
                     wrong.append((_mha(x, ws, H, mask, heads=D // H), "n_heads is the number of heads, not the "
                                   "size of a head: split D into n_heads heads of d = D // n_heads features"))
