@@ -1204,6 +1204,38 @@ def linear_exclusive(q, k, v, causal=False):
     return num / den * (last >= 0).unsqueeze(-1)
 
 
+def linear_relu_plus_one(q, k, v, causal=False):
+    return _kernelised(F.relu(q) + 1, F.relu(k) + 1, v, causal)
+
+
+def linear_sigmoid_features(q, k, v, causal=False):
+    return _kernelised(torch.sigmoid(q), torch.sigmoid(k), v, causal)
+
+
+def linear_softplus_features(q, k, v, causal=False):
+    return _kernelised(F.softplus(q), F.softplus(k), v, causal)
+
+
+def linear_phi_queries_only(q, k, v, causal=False):
+    """The feature map applied to the queries only: raw keys."""
+    return _kernelised(F.elu(q) + 1, k, v, causal)
+
+
+def linear_normaliser_cumsum_over_features(q, k, v, causal=False):
+    """The numerator's prefix sum over keys is right, the normaliser's cumsum runs over dim=-1."""
+    if not causal:
+        return linear_notebook(q, k, v, causal)
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    nq, nk = q.shape[-2], k.shape[-2]
+    S = torch.cumsum(fk.unsqueeze(-1) * v.unsqueeze(-2), dim=-3)
+    z = torch.cumsum(fk, dim=-1)
+    last = torch.arange(nq) + nk - nq
+    idx = last.clamp_min(0)
+    num = (fq.unsqueeze(-2) @ S[..., idx, :, :]).squeeze(-2)
+    den = (fq * z[..., idx, :]).sum(-1, keepdim=True)
+    return num / den * (last >= 0).unsqueeze(-1)
+
+
 def linear_phi_keys_only(q, k, v, causal=False):
     """The feature map applied to the keys only."""
     return _kernelised(q, F.elu(k) + 1, v, causal)
@@ -1328,5 +1360,10 @@ EXERCISES = [
         Mutant("exclusive prefix sums: a query misses its own key", linear_exclusive, "its own"),
         Mutant("phi applied to the keys only", linear_phi_keys_only, "queries"),
         Mutant("NaN for a query that sees no key", linear_no_guard, "sees no key"),
+        Mutant("phi = relu(x) + 1", linear_relu_plus_one, "not relu(x) + 1"),
+        Mutant("phi = sigmoid", linear_sigmoid_features, "not sigmoid"),
+        Mutant("phi = softplus", linear_softplus_features, "not softplus"),
+        Mutant("phi on the queries only", linear_phi_queries_only, "queries only"),
+        Mutant("normaliser cumsum over the features", linear_normaliser_cumsum_over_features, "over the features"),
     ], correct=[linear_ok, linear_notebook, linear_float64_flat, linear_eps, linear_per_query]),
 ]
