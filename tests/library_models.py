@@ -769,7 +769,35 @@ def gqa_repeats_k_only(q, k, v, is_causal=False):
     return _attend(q, repeat_expand(k, n), v, mask)  # v keeps Hkv heads
 
 
+def gqa_mean_query_heads(q, k, v, is_causal=False):
+    """One query per group, the mean of its heads: an MQA mix-up (only k and v are shared)."""
+    B, Hq, Nq, d = q.shape
+    n = Hq // k.shape[1]
+    mask = _bottom_right(Nq, k.shape[2]) if is_causal else None
+    out = _attend(q.reshape(B, k.shape[1], n, Nq, d).mean(2), k, v, mask)
+    return out.repeat_interleave(n, 1)
+
+
+def gqa_scaled_by_group(q, k, v, is_causal=False):
+    """1/sqrt(d * n_rep): the group size folded into the scale."""
+    n = q.shape[1] // k.shape[1]
+    mask = _bottom_right(q.shape[2], k.shape[2]) if is_causal else None
+    return _attend(q, repeat_expand(k, n), repeat_expand(v, n), mask, scale=(q.shape[-1] * n) ** -0.5)
+
+
+def gqa_mask_minus_1e9(q, k, v, is_causal=False):
+    """masked_fill(-1e9): a query with no allowed key averages every value."""
+    n = q.shape[1] // k.shape[1]
+    s = q @ repeat_expand(k, n).transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if is_causal:
+        s = s.masked_fill(~_bottom_right(q.shape[2], k.shape[2]), -1e9)
+    return torch.softmax(s, -1) @ repeat_expand(v, n)
+
+
 GQA = Exercise("grouped_query_attention", check_grouped_query_attention, [
+    Mutant("query heads of a group averaged", gqa_mean_query_heads, "averaged the query heads"),
+    Mutant("scaled by 1/sqrt(d * n_rep)", gqa_scaled_by_group, "sqrt(d * Hq/Hkv)"),
+    Mutant("masked with -1e9", gqa_mask_minus_1e9, "-1e9"),
     Mutant("kv heads tiled (h % Hkv)", gqa_tiled, "tiled"),
     Mutant("query groups as the outer axis", gqa_groups_wrong_reshape, "tiled"),
     Mutant("causal mask top left", gqa_top_left, "top left"),

@@ -9,12 +9,12 @@ from ._harness import Ban, Checker, KwargTrue, gen, randn
 from .positions import _call, _dtype
 
 
-def _attention(q, k, v, mask=None, scale=None, dim=-1):
-    """Float64 attention; a fully masked row gives zeros. ``scale`` and ``dim`` reproduce mistakes."""
+def _attention(q, k, v, mask=None, scale=None, dim=-1, fill=float("-inf")):
+    """Float64 attention; a fully masked row gives zeros. ``scale``, ``dim`` and ``fill`` reproduce mistakes."""
     q, k, v = q.double(), k.double(), v.double()
     s = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)  # (..., Nq, Nk)
     if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
+        s = s.masked_fill(~mask, fill)
     m = s.amax(dim, keepdim=True)
     e = torch.exp(s - torch.where(torch.isinf(m), torch.zeros_like(m), m))
     total = e.sum(dim, keepdim=True)
@@ -121,11 +121,17 @@ def check_repeat_kv(fn) -> str:
 # ---------------------------------------------------------------------------- grouped-query attention
 
 
-def _gqa(q, k, v, is_causal, interleave=True, diagonal=None, scale=None, dim=-1):
+def _gqa(q, k, v, is_causal, interleave=True, diagonal=None, scale=None, dim=-1, fill=float("-inf"),
+         mean_queries=False):
+    """mean_queries: one query per group, the mean of its query heads, its output shared by the group."""
     n_rep = q.shape[1] // k.shape[1]
     rep = (lambda t: t.repeat_interleave(n_rep, 1)) if interleave else (lambda t: t.repeat(1, n_rep, 1, 1))
     mask = _causal(q.shape[2], k.shape[2], diagonal) if is_causal else None
-    return _attention(q, rep(k), rep(v), mask, scale, dim)
+    if mean_queries:
+        B, Hq, Nq, d = q.shape
+        qm = q.double().reshape(B, k.shape[1], n_rep, Nq, d).mean(2)
+        return rep(_attention(qm, k, v, mask, scale, dim, fill))
+    return _attention(q, rep(k), rep(v), mask, scale, dim, fill)
 
 
 def check_grouped_query_attention(fn) -> str:
@@ -156,6 +162,14 @@ def check_grouped_query_attention(fn) -> str:
             if 1 < Hkv < Hq:
                 wrong.append((_gqa(q, k, v, causal, interleave=False), "query head h must use kv head "
                               "h // (Hq/Hkv); you tiled the kv heads, which gives head h % Hkv"))
+            if Hq > Hkv:
+                wrong.append((_gqa(q, k, v, causal, mean_queries=True), "you averaged the query heads of each "
+                              "group: only k and v are shared, every query head keeps its own queries and its own "
+                              "output (repeat k and v to Hq heads instead)"))
+            if causal and Nq > Nk:
+                wrong.append((_gqa(q, k, v, True, fill=-1e9), "a query with no allowed key must get zeros: with "
+                              "-1e9 instead of -inf its weights spread evenly over the masked keys. Fill with -inf "
+                              "and give such a row zero weights"))
             if causal:
                 wrong.append((_gqa(q, k, v, False), "is_causal was ignored: with is_causal=True, query i may "
                                                      "not see keys after its own position"))
@@ -168,6 +182,9 @@ def check_grouped_query_attention(fn) -> str:
                               "j < i + Nk - Nq"))
             wrong += [
                 (_gqa(q, k, v, causal, scale=1.0), "the scores are not divided by sqrt(d)"),
+                *[(_gqa(q, k, v, causal, scale=(d * n) ** -0.5), f"the scores are divided by sqrt(d * {what}); the "
+                   f"scale is 1/sqrt(d) with d = q.shape[-1], the head dimension") for n, what in
+                  ((Hq // Hkv, "Hq/Hkv"), (Hq, "Hq")) if n > 1],
                 (_gqa(q, k, v, causal, dim=-2), "softmax over the query axis: normalise the scores over the keys "
                                                 "(dim=-1), so each query's weights sum to 1"),
             ]
