@@ -36,6 +36,8 @@ from .sinks import sink_attention
 from .yarn import yarn_inv_freq
 from .decoding import flash_decode
 from .delta import gated_delta_rule, gated_delta_rule_chunked
+from .seq2seq import cross_attention
+from .vit import attention_rollout, patchify
 
 from .env import report
 
@@ -54,6 +56,7 @@ __all__ = [
     "RingAttention", "merge_partials", "ring_attention", "run_ring_attention",
     "PagedKVCache", "paged_attention", "mla_attention", "mla_scores", "sink_attention", "yarn_inv_freq",
     "flash_decode", "gated_delta_rule", "gated_delta_rule_chunked",
+    "cross_attention", "patchify", "attention_rollout",
 ]
 
 # Triton kernels load on first use (PEP 562), so `import attnkit` never imports triton:

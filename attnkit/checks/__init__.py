@@ -30,6 +30,8 @@ from .triton_ladder import (check_triton_attention_tile, check_triton_matmul, ch
 from .modern import (check_flash_decode, check_mla_scores, check_paged_attention, check_sink_attention,
                      check_yarn_inv_freq)
 from .beyond import check_gated_delta_rule, check_gated_delta_rule_chunked
+from .seq2seq import check_cross_attention
+from .vision import check_attention_rollout, check_patchify
 
 CHECKS = {
     "dot_product_scores": check_dot_product_scores,
@@ -59,6 +61,9 @@ CHECKS = {
     "yarn_inv_freq": check_yarn_inv_freq,
     "flash_decode": check_flash_decode,
     "gated_delta_rule": check_gated_delta_rule,
+    "cross_attention": check_cross_attention,
+    "patchify": check_patchify,
+    "attention_rollout": check_attention_rollout,
 }
 
 # Graded exercises of the notebooks that are not part of the course contract.
