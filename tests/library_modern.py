@@ -127,6 +127,8 @@ def _paged_mutant(**kw):
                 n = n_pages * ps
             row = block_table[0] if kw.get("first_row") else block_table[b]
             pages = torch.arange(n_pages) if kw.get("identity") else row[:n_pages]
+            if kw.get("contiguous"):  # block_table ignored: sequence b's pages assumed to start at b * max_pages
+                pages = (b * block_table.shape[1] + torch.arange(n_pages)) % k_pages.shape[0]
             if n <= 0:
                 continue
             k, v = k_pages[pages], v_pages[pages]  # (n_pages, Hkv, ps, d)
@@ -136,7 +138,7 @@ def _paged_mutant(**kw):
                 k, v = k.transpose(0, 1).flatten(1, 2)[:, :n], v.transpose(0, 1).flatten(1, 2)[:, :n]
             for h in range(H):
                 kv = h % Hkv if kw.get("tiled") else h // (H // Hkv)
-                s = k[kv] @ q[b, h, 0] / (1.0 if kw.get("no_scale") else math.sqrt(d))
+                s = k[kv] @ q[b, h, 0] / (1.0 if kw.get("no_scale") else math.sqrt(v.shape[-1] if kw.get("dv") else d))
                 if kw.get("per_page"):
                     parts = [torch.softmax(s[i:i + ps], 0) @ v[kv, i:i + ps] for i in range(0, n, ps)]
                     out[b, h, 0] = torch.stack(parts).mean(0)
@@ -262,9 +264,16 @@ def _sink_mutant(kind):
             e = torch.exp(s - m)
             return e @ v / (e.sum(-1, keepdim=True) + torch.exp(sinks.view(-1, 1, 1) - m))
         sink = {"scaled": sinks.view(-1, 1, 1) / math.sqrt(q.shape[-1]), "per_query": sinks.view(-1, 1),
-                "negated": -sinks.view(-1, 1, 1), "plus_one": torch.zeros(1, 1, 1)}.get(kind, sinks.view(-1, 1, 1))
+                "negated": -sinks.view(-1, 1, 1), "plus_one": torch.zeros(1, 1, 1),
+                "first_head": sinks[0].view(1, 1, 1),
+                # (H, 1, 1, 1): lines up with the batch axis of 4-D scores (fails to broadcast unless B = H or 1)
+                "batch_axis": sinks.view(-1, *[1] * (s.ndim - 1)) if s.ndim == 4 and s.shape[0] == sinks.shape[0]
+                else sinks.view(-1, 1, 1)}.get(kind, sinks.view(-1, 1, 1))
         col = sink.expand(*s.shape[:-1], 1)
-        return torch.softmax(torch.cat([col, s], -1), -1)[..., 1:] @ v
+        w = torch.softmax(torch.cat([col, s], -1), -1)
+        if kind == "sink_value":  # the sink's share spent on the mean of the values
+            return w[..., 1:] @ v + w[..., :1] * v.mean(-2, keepdim=True)
+        return w[..., 1:] @ v
     return fn
 
 
@@ -306,7 +315,13 @@ def _yarn_mutant(kind):
             return f
         if kind == "pi":
             return f / scale
-        r = original_max_position * f / (1.0 if kind == "no_2pi" else 2 * math.pi)
+        if kind == "hf_ramp":  # the ramp over pair indices between floor/ceil bounds
+            def pair(n_rot):
+                return d * math.log(original_max_position / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
+            lo, hi = max(math.floor(pair(beta_fast)), 0), min(math.ceil(pair(beta_slow)), d - 1)
+            keep = 1 - ((i - lo) / (hi - lo if hi != lo else 0.001)).clamp(0, 1)
+            return f / scale * (1 - keep) + f * keep
+        r = original_max_position * f / {"no_2pi": 1.0, "half_turn": math.pi}.get(kind, 2 * math.pi)
         bf, bs = (beta_slow, beta_fast) if kind == "swapped" else (beta_fast, beta_slow)
         g = (r - bs) / (bf - bs)
         if kind != "no_clamp":
@@ -529,6 +544,31 @@ def _delta_mutant(kind):
     return fn
 
 
+def delta_reads_previous_state(q, k, v, beta, g, initial_state=None):
+    """o_t = S_{t-1} q_t: the read comes first, before the fade and the write."""
+    B, H, N, dk = k.shape
+    S = torch.zeros(B, H, v.shape[-1], dk, dtype=q.dtype) if initial_state is None else initial_state.clone()
+    outs = []
+    for t in range(N):
+        outs.append(torch.einsum("bhvk,bhk->bhv", S, q[:, :, t]))
+        S = g[:, :, t, None, None] * S
+        error = v[:, :, t] - torch.einsum("bhvk,bhk->bhv", S, k[:, :, t])
+        S = S + torch.einsum("bhv,bhk->bhvk", beta[:, :, t, None] * error, k[:, :, t])
+    return torch.stack(outs, 2), S
+
+
+def delta_normalises_inputs(q, k, v, beta, g, initial_state=None):
+    """L2-normalises q and k inside the rule."""
+    unit = torch.nn.functional.normalize
+    return delta_einsum(unit(q, dim=-1), unit(k, dim=-1), v, beta, g,
+                        None if initial_state is None else initial_state.clone())
+
+
+def delta_normalises_keys(q, k, v, beta, g, initial_state=None):
+    return delta_einsum(q, torch.nn.functional.normalize(k, dim=-1), v, beta, g,
+                        None if initial_state is None else initial_state.clone())
+
+
 def delta_modifies_state(q, k, v, beta, g, initial_state=None):
     out, S = delta_einsum(q, k, v, beta, g, None if initial_state is None else initial_state.clone())
     if initial_state is not None:
@@ -681,6 +721,14 @@ def _mla_w_transposed(q, c, w):
     return torch.einsum("bhqd,hrd,bkr->bhqk", q, w, c)
 
 
+def _mla_heads_of_w_summed(q, c, w):
+    return torch.einsum("bhqr,bkr->bhqk", torch.einsum("bhqd,gdr->bhqr", q, w), c)  # g: every head's w_uk
+
+
+def _mla_latents_summed_over_batch(q, c, w):
+    return torch.einsum("bhqr,ckr->bhqk", torch.einsum("bhqd,hdr->bhqr", q, w), c)  # c: every sequence's latents
+
+
 def _yarn_betas_swapped(d, t, s, L, beta_fast=32.0, beta_slow=1.0):
     return yarn_torch(d, t, s, L, beta_slow, beta_fast)
 
@@ -711,6 +759,9 @@ EXERCISES = [
         Mutant("each page normalised on its own, then averaged", _paged_mutant(per_page=True),
                "normalised on its own"),
         Mutant("NaN for an empty sequence", paged_nan_on_empty, "seq_lens = 0"),
+        Mutant("block_table ignored, pages assumed contiguous per sequence", _paged_mutant(contiguous=True),
+               "one after another"),
+        Mutant("scaled by 1/sqrt(dv)", _paged_mutant(dv=True), "sqrt(dv)"),
         Mutant("calls attnkit.paged_attention", attnkit.paged_attention, "calls"),
     ], [paged_loop, paged_gather, paged_f64, paged_online, paged_sdpa]),
     Exercise("mla_scores", CHECKS["mla_scores"], [
@@ -722,6 +773,8 @@ EXERCISES = [
         Mutant("w_uk[0] for every head", _mla_first_head_weights, "w_uk[0]"),
         Mutant("c_kv[0] for every sequence", _mla_first_batch_latents, "c_kv[0]"),
         Mutant("w_uk[h] transposed", _mla_w_transposed, "w_uk[h] was transposed"),
+        Mutant("w_uk summed over the heads by the einsum", _mla_heads_of_w_summed, "summed over the heads"),
+        Mutant("latents summed over the batch by the einsum", _mla_latents_summed_over_batch, "whole batch"),
         Mutant("per-head keys materialised", mla_materialised, "calls"),
         Mutant("calls attnkit.mla_scores", attnkit.mla_scores, "calls"),
     ], [mla_einsum, mla_heads_loop, mla_f64]),
@@ -737,12 +790,17 @@ EXERCISES = [
         Mutant("causal mask top-left", _sink_mutant("top_left"), "top left"),
         Mutant("no max subtracted", _sink_mutant("no_max"), "not numerically stable"),
         Mutant("max over the scores only", _sink_mutant("max_over_scores"), "sees no key"),
+        Mutant("the sink carries the mean value", _sink_mutant("sink_value"), "adds no value"),
+        Mutant("sinks[0] for every head", _sink_mutant("first_head"), "sinks[0]"),
+        Mutant("sinks reshaped to (H, 1, 1, 1): the batch axis", _sink_mutant("batch_axis"), "batch axis"),
         Mutant("calls attnkit.sink_attention", attnkit.sink_attention, "calls"),
     ], [sink_concat, sink_manual, sink_loops, sink_sdpa]),
     Exercise("yarn_inv_freq", CHECKS["yarn_inv_freq"], [
         Mutant("computed in float32", _yarn_mutant("float32"), "float32"),
         Mutant("ramp reversed", _yarn_mutant("reversed"), "ramp is reversed"),
         Mutant("beta_fast and beta_slow swapped", _yarn_betas_swapped, "swapped"),
+        Mutant("r_i = L f_i / pi", _yarn_mutant("half_turn"), "2 pi radians"),
+        Mutant("Hugging Face's ramp over pair indices", _yarn_mutant("hf_ramp"), "dimension indices"),
         Mutant("rotations without 2 pi", _yarn_mutant("no_2pi"), "(2 pi)"),
         Mutant("ramp not clamped", _yarn_mutant("no_clamp"), "clamped"),
         Mutant("plain position interpolation", _yarn_mutant("pi"), "position interpolation"),
@@ -780,6 +838,9 @@ EXERCISES = [
         Mutant("final state from before the last token", _delta_mutant("stale_final"), "after the last token"),
         Mutant("state returned transposed", _delta_mutant("transposed_state"), "transposed"),
         Mutant("initial_state overwritten in place", delta_modifies_state, "in place"),
+        Mutant("reads S_{t-1} before the fade and the write", delta_reads_previous_state, "not S_{t-1} q_t"),
+        Mutant("q and k normalised inside", delta_normalises_inputs, "normalised q and k"),
+        Mutant("k normalised inside", delta_normalises_keys, "normalised k"),
         Mutant("calls attnkit.gated_delta_rule", attnkit.gated_delta_rule, "calls"),
         Mutant("calls attnkit.gated_delta_rule_chunked",
                lambda *a, **kw: attnkit.gated_delta_rule_chunked(*a, **kw), "calls"),

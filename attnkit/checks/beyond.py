@@ -26,6 +26,8 @@ def _recurrent(q, k, v, beta, g, S0=None, *, gate="right", read="after", write="
         faded = S if gate == "none" else gt * S
         if read == "before":
             outs.append((faded @ qt.unsqueeze(-1)).squeeze(-1))
+        elif read == "previous":  # S_{t-1} q_t, before the fade and the write
+            outs.append((S @ qt.unsqueeze(-1)).squeeze(-1))
         memory = S if gate == "outside" else faded  # what the prediction reads
         predicted = (memory @ kt.unsqueeze(-1)).squeeze(-1)
         if write == "additive":
@@ -84,6 +86,17 @@ def _compare(c, label, got, args, S0, *, dtype, tol=None, extra_out=(), extra_st
     ]
     # the mistakes particular to a form (the chunked one) first: their hints are the more precise
     wrong_out = list(extra_out) + [(_recurrent(*args, S0, **kw)[0], hint) for kw, hint in mistakes]
+    wrong_out.append((_recurrent(*args, S0, read="previous")[0], "o_t = S_t q_t reads the memory after this token's "
+                      "fade and write, not S_{t-1} q_t from before them"))
+    unit = lambda t: torch.nn.functional.normalize(t.double(), dim=-1)  # noqa: E731
+    q, k = args[0], args[1]
+    if not torch.allclose(k.double().norm(dim=-1), torch.ones(k.shape[:-1], dtype=torch.float64), atol=1e-4):
+        for changed, which in (((unit(q), unit(k)), "q and k"), ((q, unit(k)), "k")):
+            hint = (f"you normalised {which}: use q and k as given (these keys are not unit vectors; a model "
+                    f"normalises them before the layer, not inside the rule)")
+            result = _recurrent(*changed, *args[2:], S0)
+            wrong_out.append((result[0], hint))
+            extra_state = list(extra_state) + [(result[1], hint)]
     wrong_state = list(extra_state) + [(_recurrent(*args, S0, **kw)[1], hint) for kw, hint in mistakes]
     wrong_state.append((_recurrent(*args, S0, final="previous")[1], "final_state must be S_N, the state after the "
                         "last token"))

@@ -20,8 +20,9 @@ def _is_tuple(got, n):
 # --------------------------------------------------------------------------- paged attention
 
 def _paged(q, kp, vp, table, lens, *, tables="right", lengths="right", heads="grouped", scale=True,
-           flatten="right", per_page=False):
-    """A float64 loop over sequences with switches for the classic mistakes."""
+           flatten="right", per_page=False, scale_dim=None):
+    """A float64 loop over sequences with switches for the classic mistakes (scale_dim: 1/sqrt(scale_dim)
+    instead of 1/sqrt(d); tables="contiguous": sequence b's pages taken as b * max_pages + i)."""
     q, kp, vp = q.double(), kp.double(), vp.double()
     B, H, _, d = q.shape
     P, Hkv, ps, _ = kp.shape
@@ -35,6 +36,8 @@ def _paged(q, kp, vp, table, lens, *, tables="right", lengths="right", heads="gr
         row = table[0] if tables == "first_row" else table[b]
         if tables == "identity":
             pages = list(range(n_pages))
+        elif tables == "contiguous":
+            pages = [(b * table.shape[1] + i) % P for i in range(n_pages)]
         elif lengths == "whole_row":
             pages = [int(p) for p in row]  # -1 in Python indexing is the last page
             n = len(pages) * ps
@@ -51,7 +54,7 @@ def _paged(q, kp, vp, table, lens, *, tables="right", lengths="right", heads="gr
             vb = vb.reshape(Hkv, -1, vb.shape[-1])[:, :n]
         for h in range(H):
             g = h // (H // Hkv) if heads == "grouped" else h % Hkv
-            s = kb[g] @ q[b, h, 0] / (math.sqrt(d) if scale else 1.0)  # (n,)
+            s = kb[g] @ q[b, h, 0] / (math.sqrt(scale_dim or d) if scale else 1.0)  # (n,)
             if per_page:  # each page normalised on its own, then averaged
                 parts = [torch.softmax(s[i:i + ps], 0) @ vb[g, i:i + ps] for i in range(0, n, ps)]
                 out[b, h, 0] = torch.stack(parts).mean(0)
@@ -135,7 +138,13 @@ def check_paged_attention(fn) -> str:
                 (_paged(*args, per_page=True), "each page was normalised on its own and the results averaged: the "
                  "softmax runs over all the sequence's positions (or merge pages with their log-sum-exp weights)"),
                 (_paged(*args, scale=False), "the scores are not divided by sqrt(d)"),
+                (_paged(*args, tables="contiguous"), "the pages were assumed to lie one after another (sequence b "
+                 "from page b * max_pages on): look each logical page i up in the table, physical page "
+                 "block_table[b, i]"),
             ]
+            if dv != d:
+                wrong.append((_paged(*args, scale_dim=dv), "the scores were divided by sqrt(dv); the scale is "
+                              "1/sqrt(d), with d = q.shape[-1], the query/key head dim"))
             if 1 < Hkv < H:
                 wrong.insert(0, (_paged(*args, heads="tiled"), "query head h reads kv head h // (H // Hkv); you used "
                                  "h % Hkv"))
@@ -181,6 +190,14 @@ def check_mla_scores(fn) -> str:
                                                                    "w_uk[h]"),
                 (torch.einsum("bhqd,hdr,kr->bhqk", qd, wd, cd[0]), "every batch element was scored against c_kv[0]: "
                                                                    "sequence b uses its own latents c_kv[b]"),
+                (torch.einsum("bhqd,dr,bkr->bhqk", qd, wd.sum(0), cd), "w_uk was summed over the heads: head h "
+                 "absorbs its own w_uk[h] (give the head index of w_uk the same letter as q_nope's in the einsum)"),
+                (torch.einsum("bhqd,hdr,kr->bhqk", qd, wd, cd.mean(0)), "every sequence was scored against the "
+                 "latents of the whole batch (averaged): sequence b uses its own c_kv[b] (same batch letter in the "
+                 "einsum)"),
+                (torch.einsum("bhqd,hdr,kr->bhqk", qd, wd, cd.sum(0)), "every sequence was scored against the "
+                 "latents of the whole batch (summed): sequence b uses its own c_kv[b] (same batch letter in the "
+                 "einsum)"),
             ]
             if dn == r:
                 wrong.append((torch.einsum("bhqd,hrd,bkr->bhqk", qd, wd, cd), "w_uk[h] was transposed: it is (dn, r) "
@@ -205,12 +222,16 @@ def _sinked(q, k, v, s, causal, *, offset=None, sink="right", scale_sink=False):
         w = torch.nan_to_num(torch.softmax(scores, -1))
         return w @ v
     col = {"right": s.view(-1, 1, 1), "per_query": s.view(-1, 1), "negated": -s.view(-1, 1, 1),
-           "zero": torch.zeros(1, 1, 1, dtype=torch.float64)}[sink]
+           "zero": torch.zeros(1, 1, 1, dtype=torch.float64), "valued": s.view(-1, 1, 1),
+           "first_head": s[:1].view(1, 1, 1).expand(s.shape[0], 1, 1),
+           "batch": s.view(-1, *[1] * (scores.ndim - 1))}[sink]
     if scale_sink:
         col = col / math.sqrt(d)
     col = col.expand(*scores.shape[:-1], 1)
-    w = torch.softmax(torch.cat((col, scores), -1), -1)[..., 1:]
-    return w @ v
+    w = torch.softmax(torch.cat((col, scores), -1), -1)
+    if sink == "valued":  # the sink's weight spent on the mean value
+        return w[..., 1:] @ v + w[..., :1] * v.mean(-2, keepdim=True)
+    return w[..., 1:] @ v
 
 
 def _sink_linear(q, k, v, s, causal):
@@ -266,6 +287,13 @@ def check_sink_attention(fn) -> str:
                 (_sinked(*args, sink="zero"), "that is softmax + 1 (a sink of 0 for every head): use each head's own "
                  "logit sinks[h]"),
             ]
+            wrong += [(_sinked(*args, sink="valued"), "the sink takes weight but adds no value: multiply only the real "
+                       "keys' weights by v (drop the sink's column), so rows sum to less than 1"),
+                      (_sinked(*args, sink="first_head"), "every head used sinks[0]: head h uses its own logit "
+                       "sinks[h]")]
+            if len(qshape) == 4 and qshape[0] == qshape[-3]:
+                wrong.append((_sinked(*args, sink="batch"), "sinks[h] belongs to head h, the axis -3 of the scores: "
+                              "reshape sinks to (H, 1, 1), not (H, 1, 1, 1), which pairs it with the batch axis"))
             if qshape[-3] == qshape[-2]:
                 wrong.append((_sinked(*args, sink="per_query"), "sinks[h] belongs to head h, the axis -3 of the scores: "
                               "reshape sinks to (H, 1, 1), not (H, 1), which pairs it with query h"))
@@ -294,6 +322,18 @@ def _yarn(d, theta, scale, L, bf, bs, *, exponent=2.0, first=0, rot=2 * math.pi,
         gmm = 1 - gmm
     slow = f * scale if mul else f / scale
     return ((1 - gmm) * slow + gmm * f).to(torch.float64)
+
+
+def _yarn_hf(d, theta, scale, L, bf, bs):
+    """YaRN as Hugging Face computes it: a linear ramp over pair indices between floor/ceil bounds."""
+    def dim_of(n_rot):  # the pair index that turns n_rot times over L
+        return d * math.log(L / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
+    low, high = max(math.floor(dim_of(bf)), 0), min(math.ceil(dim_of(bs)), d - 1)
+    high = high + 0.001 if low == high else high
+    i = torch.arange(d // 2, dtype=torch.float64)
+    keep = 1 - ((i - low) / (high - low)).clamp(0, 1)  # 1: the pair keeps f_i
+    f = theta ** (-2 * i / d)
+    return f / scale * (1 - keep) + f * keep
 
 
 def check_yarn_inv_freq(fn) -> str:
@@ -329,6 +369,11 @@ def check_yarn_inv_freq(fn) -> str:
                  "keep f_i and pairs that turned less than beta_slow times (g_i = 0) are divided by scale"),
                 (_yarn(d, theta, scale, L, bf, bs, rot=1.0), "r_i counts full rotations over the original context: "
                  "r_i = L * f_i / (2 pi)"),
+                (_yarn(d, theta, scale, L, bf, bs, rot=math.pi), "a full rotation is 2 pi radians: "
+                 "r_i = L * f_i / (2 pi), not / pi"),
+                (_yarn_hf(d, theta, scale, L, bf, bs), "that is the ramp over dimension indices with floor/ceil "
+                 "bounds (Hugging Face's yarn_find_correction_range): the contract's ramp is per pair on the "
+                 "rotations, g_i = clamp((r_i - beta_slow) / (beta_fast - beta_slow), 0, 1)"),
                 (_yarn(d, theta, scale, L, bf, bs, invert=True), "r_i is the number of turns L * f_i / (2 pi) "
                  "(context length over wavelength), not the wavelength over the context length"),
                 (_yarn(d, theta, scale, L, bf, bs, clamp=False), "g_i must be clamped to [0, 1]: outside the ramp a "
