@@ -6,6 +6,7 @@ stubs) happens once per notebook version in tests/test_notebooks_graded.py, thro
 import nbformat
 
 from grader import course
+from grader import notebooks as nbs
 
 SOURCES = course.assignments()
 
@@ -29,6 +30,24 @@ def test_no_shell_magics_anywhere():
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
                 assert not any(l.lstrip().startswith(("!", "%")) for l in cell.source.splitlines()), path.name
+
+
+PREDICT = "**Predict, then run.**"
+# Issue 18 adds the prompts notebook by notebook; the rest join this set as theirs land.
+PREDICT_READY = {"00_welcome", "01_dot_products", "02_softmax", "03_attention"}
+
+
+def test_every_notebook_asks_for_predictions_before_experiments():
+    """At least two ungraded "Predict, then run." prompts, each right before the code cell it is about."""
+    for name in [n for n in SOURCES if n in PREDICT_READY]:
+        cells = nbformat.read(SOURCES[name], as_version=4).cells
+        prompts = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith(PREDICT)]
+        assert len(prompts) >= 2, f"{name}: {len(prompts)} '{PREDICT}' prompts, want at least 2"
+        for i in prompts:
+            after = cells[i + 1] if i + 1 < len(cells) else None
+            assert after is not None and after.cell_type == "code", f"{name}: a prompt must be followed by a code cell"
+            assert not nbs.is_test(after) and not nbs.is_solution(after), (
+                f"{name}: the cell after a prompt runs an experiment, not an exercise or a graded test")
 
 
 def test_readme_lists_both_badges_for_every_notebook():
