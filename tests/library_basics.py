@@ -531,6 +531,18 @@ def padding_negative_slice(lengths, n):
     return mask
 
 
+def padding_first_length_for_all(lengths, n):
+    return (torch.arange(n) < lengths[0]).expand(lengths.shape[0], n)
+
+
+def padding_empty_as_one(lengths, n):
+    """A loop that always keeps at least one position."""
+    mask = torch.zeros(lengths.shape[0], n, dtype=torch.bool)
+    for b, length in enumerate(lengths.tolist()):
+        mask[b, :max(length, 1)] = True
+    return mask
+
+
 def padding_broadcast_shape(lengths, n):
     return (torch.arange(n)[None] < lengths[:, None])[:, None, None, :]
 
@@ -906,6 +918,8 @@ EXERCISES = [
         Mutant("left padding: the last lengths[b] positions", padding_left, "not the last"),
         Mutant("mask[b, -(n - length):] = False: a full sequence is all False", padding_negative_slice, "-0"),
         Mutant("returns the broadcastable (B, 1, 1, n)", padding_broadcast_shape, "(B, n)"),
+        Mutant("lengths[0] for every row", padding_first_length_for_all, "lengths[0]"),
+        Mutant("an empty sequence keeps one position", padding_empty_as_one, "empty sequence"),
     ], [padding_compare, padding_slices, padding_cumsum]),
 
     Exercise("split_heads", checks.check_split_heads, [

@@ -151,7 +151,27 @@ def sin_transposed(n, d):
     return sin_vectorised(n, d).T.contiguous()  # (d, n)
 
 
+def _sin_with(n, d, base=10000.0, denominator=None):
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    ang = pos / base ** (torch.arange(0, d, 2, dtype=torch.float64) / (denominator or d))
+    pe = torch.zeros(n, d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(ang)
+    pe[:, 1::2] = torch.cos(ang)[:, : d // 2]
+    return pe.float()
+
+
+def sin_base_1000(n, d):
+    return _sin_with(n, d, base=1000.0)
+
+
+def sin_odd_d_even_denominator(n, d):
+    """For odd d, the exponent divided by d - 1 (the largest even number below)."""
+    return _sin_with(n, d, denominator=d - d % 2 or 1)
+
+
 SINUSOIDAL = Exercise("sinusoidal_positions", check_sinusoidal_positions, [
+    Mutant("base 1000", sin_base_1000, "the base is 10000"),
+    Mutant("odd d: exponent over d - 1", sin_odd_d_even_denominator, "divides by d itself"),
     Mutant("sin and cos swapped", sin_swapped, "swapped"),
     Mutant("exponent i/d instead of 2i/d", sin_i_over_d, "2i/d"),
     Mutant("all sines then all cosines", sin_concatenated, "interleaved"),
@@ -316,7 +336,19 @@ def rope_integer_division(x, positions, theta=10000.0):
     return torch.stack((a * c - b * s, a * s + b * c), -1).flatten(-2)
 
 
+def rope_angles_on_first_axis(x, positions, theta=10000.0):
+    """cos and sin reshaped to (N, 1, d/2) when x is (N, ..., N, d): they pair with the first axis."""
+    d = x.shape[-1]
+    ang = positions.double()[:, None] * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    if x.ndim == 3 and x.shape[0] == positions.shape[0]:
+        cos, sin = cos[:, None, :], sin[:, None, :]
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+
+
 ROPE = Exercise("apply_rope", check_apply_rope, [
+    Mutant("angles broadcast over the first axis", rope_angles_on_first_axis, "first axis of x"),
     Mutant("rotated pairs put back with torch.cat (halves)", rope_cat_halves, "torch.cat"),
     Mutant("half-split pairs (rotate_half)", rope_rotate_half, "half-split"),
     Mutant("rotated by minus the angle", rope_backwards, "minus the angle"),
@@ -429,7 +461,15 @@ def alibi_float64(n_heads, n_q, n_k):
     return _alibi(n_heads, n_q, n_k).double()
 
 
+def alibi_future_keys_zero(n_heads, n_q, n_k):
+    """The distance clamped at 0: keys after the query get no bias."""
+    slopes = torch.tensor(_paper_slopes(n_heads), dtype=torch.float64)
+    dist = (torch.arange(n_q)[:, None] + n_k - n_q - torch.arange(n_k)[None, :]).clamp(min=0)
+    return (-slopes[:, None, None] * dist).float()
+
+
 ALIBI = Exercise("alibi_bias", check_alibi_bias, [
+    Mutant("future keys get no bias", alibi_future_keys_zero, "do not clamp"),
     Mutant("2^(-8(h+1)/H) for every H", alibi_naive_slopes, "not a power of two"),
     Mutant("first H slopes of the next power of two", alibi_next_power_truncated, "not a power of two"),
     Mutant("queries aligned top left", alibi_top_left, "bottom right"),

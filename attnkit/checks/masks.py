@@ -109,6 +109,12 @@ def check_padding_mask(fn) -> str:
                 (want[:, None, None, :], "return the mask as (B, n); add the broadcast axes ([:, None, None, :]) "
                                          "where you use it"),
             ]
+            if len(lengths) > 1 and len(set(lengths)) > 1:
+                wrong.append(((pos < t[0]).expand(len(lengths), n), "every row used lengths[0]: row b keeps its own "
+                              "first lengths[b] positions (compare torch.arange(n) with lengths[:, None])"))
+            if 0 in lengths:
+                wrong.append((pos < t.clamp(min=1)[:, None], "an empty sequence (lengths[b] = 0) must give an "
+                              "all-False row: it has no real token"))
             if int(t.max()) < n:
                 wrong.append((want[:, :int(t.max())], f"the mask must have n columns (n = {n}, the padded length), "
                                                       f"not max(lengths) = {int(t.max())}"))

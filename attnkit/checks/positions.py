@@ -50,10 +50,10 @@ def _dtype(c: Checker, label: str, got, want: torch.dtype, hint: str) -> None:
 
 
 def _sinusoid(n, d, exponent_scale=2.0, swap=False, split=False, invert=False, start=0, freq=None,
-              column_index=False, odd_last_zero=False):
+              column_index=False, odd_last_zero=False, base=10000.0, denominator=None):
     p = torch.arange(start, start + n, dtype=torch.float64)[:, None]
     i = torch.arange((d + 1) // 2, dtype=torch.float64)
-    scale = 10000.0 ** (exponent_scale * i / d) if freq is None else torch.full_like(i, freq)
+    scale = base ** (exponent_scale * i / (denominator or d)) if freq is None else torch.full_like(i, freq)
     angle = p * scale if invert else p / scale  # (n, ceil(d/2))
     s, co = torch.sin(angle), torch.cos(angle)[:, : d // 2]
     if column_index:  # column 2i+1 with exponent (2i+1)/d
@@ -98,9 +98,14 @@ def check_sinusoidal_positions(fn) -> str:
                 (_sinusoid(n, d, column_index=True), "column 2i+1 uses the same angle as column 2i, "
                  "p / 10000^(2i/d); you gave the cosine column the exponent (2i+1)/d"),
                 (_sinusoid(n, d, odd_last_zero=True), _ODD_D),
+                *[(_sinusoid(n, d, base=b), f"the base is 10000: PE[p, 2i] = sin(p / 10000^(2i/d)), not "
+                                            f"{b:g}^(2i/d)") for b in (1000.0, 100000.0, 10.0, 100.0)],
                 (_sinusoid(n, d).T, f"the table is transposed: rows are the n={n} positions, columns the "
                                     f"d={d} features, shape (n, d)"),
             ]
+            if d % 2 and d > 1:
+                wrong.append((_sinusoid(n, d, denominator=d - 1), "for odd d the exponent still divides by d itself: "
+                              "10000^(2i/d), not 10000^(2i/(d-1))"))
             _dtype(c, label, got, torch.float32, "return a float32 table: compute in float64 if you like, "
                                                  "then return pe.float()")
             c.expect(label, got, want, what="position table", dtype=torch.float32,
@@ -144,6 +149,7 @@ def check_apply_rope(fn) -> str:
         ("theta=500, d=16", randn(g, 2, 7, 16), torch.arange(7), 500.0),
         ("large positions (4090..4095)", randn(g, 3, 6, 32), torch.arange(4090, 4096), 10000.0),
         ("float64 x", randn(g, 2, 5, 6, dtype=torch.float64), torch.arange(5), 10000.0),
+        ("x (4, 4, 6): the leading size equals N", randn(g, 4, 4, 6), torch.arange(3, 7), 10000.0),
     ]
     worked = set()  # the numbers of dimensions the function ran on
     for label, x, pos, theta in cases:
@@ -167,6 +173,11 @@ def check_apply_rope(fn) -> str:
                 (_rope(x, pos, theta, freq=1.0), "every pair turns at the same frequency: theta^(-2i/d) came out "
                  "as 1. Integer division? 2 * i // d is 0 for every pair; divide with /"),
             ]
+            if x.ndim >= 3 and x.shape[0] == pos.shape[0]:
+                wrong.append((torch.stack([_rope(x[a], pos[a].expand(pos.shape[0]), theta) for a in range(x.shape[0])]),
+                              "the angles were lined up with the first axis of x, not the token axis -2: the position "
+                              "of x[..., n, :] is positions[n], so cos and sin of shape (N, d/2) broadcast over the "
+                              "leading axes"))
             if d > 2:
                 wrong[:0] = [
                     (_rope(x, pos, theta, join="cat"), "you rotated the right pairs (x[2i], x[2i+1]) but put the "
@@ -230,6 +241,9 @@ def check_alibi_bias(fn) -> str:
                 (_alibi(H, n_q, n_k, slopes, offset=0), "queries are aligned to the bottom right: query i sits "
                  "at position i + n_k - n_q"),
                 (_alibi(H, n_q, n_k, slopes, absolute=False), "use the absolute distance |i' - j|"),
+                (_alibi(H, n_q, n_k, slopes, absolute=False).clamp(max=0),
+                 "keys after the query got a bias of 0: the bias is -slope * |i' - j| for every key, future ones too "
+                 "(a causal mask, not the bias, hides those); do not clamp the distance at 0"),
                 (-_alibi(H, n_q, n_k, slopes, absolute=False), "use the absolute distance |i' - j|"),
             ]
             if H & (H - 1):  # not a power of two
