@@ -2,7 +2,7 @@
 adding to it (Yang, Kautz and Hatamizadeh 2024, "Gated Delta Networks: Improving Mamba2 with
 Delta Rule", ICLR 2025).
 
-Linear attention (notebook 09) keeps a state ``S (dv, dk)`` and adds ``v_t k_t^T`` for every
+Linear attention (notebook 09b) keeps a state ``S (dv, dk)`` and adds ``v_t k_t^T`` for every
 token: memories pile up and interfere. The delta rule (Widrow and Hoff 1960; in linear
 transformers Schlag, Irie and Schmidhuber 2021, "Linear Transformers Are Secretly Fast Weight
 Programmers") first asks the memory what it currently returns for ``k_t``, and writes only the

@@ -1,6 +1,7 @@
-"""Notebook 09's exercises (online softmax, FlashAttention forward and backward, sliding-window
-masks, linear attention): realistic wrong implementations, each with the hint its checker must
-give, and correct implementations written in different styles (see tests/library.py)."""
+"""The exercises of notebooks 09 (online softmax, FlashAttention forward and backward) and 09b
+(sliding-window masks, linear attention): realistic wrong implementations, each with the hint
+its checker must give, and correct implementations written in different styles (see
+tests/library.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkers of notebook 09 beyond their mutant library (tests/library_efficient.py, run by
+"""Checkers of notebooks 09 and 09b beyond their mutant library (tests/library_efficient.py, run by
 tests/test_checker_library.py): the references are refused, the watchers see block sizes and
 skipped tiles through the grader's data-only proxy as well as locally, and the watchers leave
 what they watch alone."""

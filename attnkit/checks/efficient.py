@@ -1,5 +1,5 @@
-"""Checkers for notebook 09: online softmax, FlashAttention forward and backward, sliding
-windows, linear attention.
+"""Checkers for notebook 09 (online softmax, FlashAttention forward and backward) and
+notebook 09b (sliding windows, linear attention).
 
 Besides the values, two watchers see *how* the learner's function computes (teaching aids,
 like the shortcut ban): :class:`RowReductions` notices an online softmax that reduces whole
