@@ -36,6 +36,7 @@ from .sinks import sink_attention
 from .yarn import yarn_inv_freq
 from .decoding import flash_decode
 from .delta import gated_delta_rule, gated_delta_rule_chunked
+from .code_heads import bracket_match_score, indentation_score
 from .seq2seq import cross_attention
 from .vit import attention_rollout, patchify
 
@@ -56,6 +57,7 @@ __all__ = [
     "RingAttention", "merge_partials", "ring_attention", "run_ring_attention",
     "PagedKVCache", "paged_attention", "mla_attention", "mla_scores", "sink_attention", "yarn_inv_freq",
     "flash_decode", "gated_delta_rule", "gated_delta_rule_chunked",
+    "bracket_match_score", "indentation_score",
     "cross_attention", "patchify", "attention_rollout",
 ]
 

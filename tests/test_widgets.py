@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from attnkit import widgets as W
+from attnkit.widgets_headview import HeadView
 
 
 def _exercise(explorer, control, value):
@@ -66,7 +67,8 @@ def test_similarity_explorer_cosine_ignores_length():
 
 @pytest.mark.parametrize("make", [W.TemperatureExplorer, W.MaskBuilder, W.QueryExplorer, W.SimilarityExplorer, W.RopeExplorer,
                                   W.OnlineSoftmaxStepper, lambda: W.CurveExplorer({"a": ([0, 1], [1, 2])}),
-                                  lambda: W.HeadSelector(torch.softmax(torch.randn(2, 3, 3), -1))])
+                                  lambda: W.HeadSelector(torch.softmax(torch.randn(2, 3, 3), -1)),
+                                  lambda: HeadView(torch.softmax(torch.randn(1, 2, 4, 4), -1), list(b"ab\nc"))])
 def test_static_fallback_draws_a_figure(make, monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
@@ -130,3 +132,18 @@ def test_online_softmax_stepper_tracks_the_reference_running_max_and_sum():
     assert e.state["done"] and torch.allclose(e.state["partial"], probs)
     with pytest.raises(ValueError, match="1-D"):
         W.OnlineSoftmaxStepper(torch.zeros(2, 3))
+
+
+def test_head_view_callbacks_and_clickable_bytes():
+    text = "f(x, [y])\n    z\n"
+    T = len(text)
+    attn = torch.softmax(torch.randn(2, 2, T, T, generator=torch.Generator().manual_seed(0))
+                         .masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")), -1)
+    e = _exercise(HeadView(attn, list(text.encode()), query=3), "head", 1)
+    assert torch.equal(e.state["row"], attn[0, 1, 3])
+    e.controls["layer"].value = 1
+    assert torch.equal(e.state["weights"], attn[1, 1])
+    e.byte_panel()
+    e.buttons[7].click()  # the ']': clicking a byte makes it the query
+    assert e.controls["query"].value == 7 and torch.equal(e.state["row"], attn[1, 1, 7])
+    assert e.buttons[7].tooltip.startswith("byte 7 ']' attends to")

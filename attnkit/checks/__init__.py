@@ -30,6 +30,7 @@ from .triton_ladder import (check_triton_attention_tile, check_triton_matmul, ch
 from .modern import (check_flash_decode, check_mla_scores, check_paged_attention, check_sink_attention,
                      check_yarn_inv_freq)
 from .beyond import check_gated_delta_rule, check_gated_delta_rule_chunked
+from .inside import INSIDE_CHECKS, check_bracket_match_score, check_indentation_score
 from .seq2seq import check_cross_attention
 from .vision import check_attention_rollout, check_patchify
 
@@ -73,10 +74,12 @@ NOTEBOOK_CHECKS.update(triton_flash_dq=check_triton_flash_dq)
 NOTEBOOK_CHECKS.update(triton_scale_shift=check_triton_scale_shift, triton_row_max=check_triton_row_max,
                        triton_matmul=check_triton_matmul, triton_attention_tile=check_triton_attention_tile)
 NOTEBOOK_CHECKS.update(gated_delta_rule_chunked=check_gated_delta_rule_chunked)
+NOTEBOOK_CHECKS.update(INSIDE_CHECKS)
 assert set(NOTEBOOK_CHECKS).isdisjoint(CHECKS)
 
 __all__ = ["CHECKS", "NOTEBOOK_CHECKS", "there", *(f"check_{name}" for name in CHECKS), "check_induction_score",
            "check_merge_partials",
            "check_triton_flash_dq", "check_triton_scale_shift", "check_triton_row_max", "check_triton_matmul",
            "check_triton_attention_tile", "check_gated_delta_rule_chunked",
-           "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS)]
+           "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS),
+           *(f"check_{name}" for name in INSIDE_CHECKS)]
