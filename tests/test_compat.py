@@ -39,7 +39,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "attention-course"
 COMPAT_ENVS = ("triton-3.6", "colab-triton", "triton-3.9")
 TRITON_FILES = ("tests/test_triton_softmax.py", "tests/test_triton_flash.py", "tests/test_triton_compile.py",
-                "tests/test_compat.py")
+                "tests/test_triton_ladder.py", "tests/test_compat.py")
 NOTEBOOKS = ("10_triton_softmax", "11_triton_flash")
 
 

@@ -303,3 +303,40 @@ def test_the_ladder_kernels_compile_for_gpus_and_use_tensor_cores_on_sm80():
         uses_dot = row["kernel"] in ("_matmul_kernel", "_attention_tile_kernel")
         assert row["mma"] == (uses_dot and row["cc"] >= 80), row  # sm_75: tl.dot becomes FMA instructions
         assert row["shared"] <= 64 * 1024, row
+
+
+# --------------------------------------------------------------------------- the checkers, on this Triton
+
+def _ladder():
+    sys.path.insert(0, os.path.dirname(__file__))
+    import library_triton_ladder
+    return {e.name: e for e in library_triton_ladder.EXERCISES}
+
+
+# The parts of the checkers that lean on Triton's internals, so that the compatibility job runs
+# them on every Triton it covers: a correct style accepted, the bounds watcher (interpreter
+# internals) and the compile step (compiler internals) each naming one mutant. The whole library
+# runs in tests/test_checker_library.py.
+VERSION_SENSITIVE = [
+    ("triton_scale_shift", "no mask on the load or the store"),
+    ("triton_scale_shift", "mask offsets <= n"),
+    ("triton_row_max", "running max started as a Python number (compiles on no GPU)"),
+    ("triton_matmul", "tl.dot on 8-wide blocks (compiles on no GPU)"),
+    ("triton_attention_tile", "head-dim lanes past d not masked"),
+]
+
+
+@pytest.mark.parametrize("name", ["triton_scale_shift", "triton_row_max", "triton_matmul", "triton_attention_tile"])
+def test_checker_accepts_a_correct_kernel(name):
+    exercise = _ladder()[name]
+    exercise.check(exercise.correct[0])
+
+
+@pytest.mark.skipif(not INTERPRETING, reason="the bounds watcher and the compile step work on interpreted kernels")
+@pytest.mark.parametrize("name,mutant", VERSION_SENSITIVE)
+def test_checker_names_a_mutant_only_watching_can_see(name, mutant):
+    exercise = _ladder()[name]
+    m = next(m for m in exercise.mutants if m.name == mutant)
+    with pytest.raises(AssertionError) as e:
+        exercise.check(m.fn)
+    assert m.hint in str(e.value).splitlines()[0]
