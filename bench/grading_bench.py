@@ -4,6 +4,11 @@ Both grade the same 40 submissions of a real course notebook, one after the othe
 one process run, and the script prints both wall-clock times and their ratio.
 
     python bench/grading_bench.py [--students 40] [--jobs 2] [--assignment 01_dot_products]
+
+With ``--scheduler ADDRESS`` (a Dask scheduler, or ``local`` to start one here with
+``--workers`` one-thread workers on 127.0.0.1) it grades the same submissions locally
+(``--jobs``) and on the cluster instead, and prints both times: on one machine this is the
+cluster's overhead per student, not a speed-up.
 """
 
 from __future__ import annotations
@@ -39,14 +44,16 @@ def make_submissions(root: pathlib.Path, assignment: str, n: int) -> list[tuple[
     return subs
 
 
-def time_ours(subs, assignment: str, root: pathlib.Path, jobs: int) -> float:
-    folder = root / "ours" / "submitted"
+def time_ours(subs, assignment: str, root: pathlib.Path, jobs: int, scheduler: str | None = None,
+              name: str = "ours") -> float:
+    folder = root / name / "submitted"
     for sid, nb in subs:
         (folder / sid).mkdir(parents=True)
         nbformat.write(nb, folder / sid / f"{assignment}.ipynb")
-    settings = autograde.Settings(jobs=jobs, sandbox="auto", progress=False, limits=grade.Limits(cell_timeout=120))
+    settings = autograde.Settings(jobs=jobs, sandbox="auto", progress=False, limits=grade.Limits(cell_timeout=120),
+                                  scheduler=scheduler)
     start = time.perf_counter()
-    results = autograde.autograde(folder, assignment, root / "ours" / "out", settings)
+    results = autograde.autograde(folder, assignment, root / name / "out", settings)
     seconds = time.perf_counter() - start
     assert len(results) == len(subs)
     return seconds
@@ -79,13 +86,65 @@ def time_nbgrader(subs, assignment: str, root: pathlib.Path) -> float:
     return seconds
 
 
+def local_cluster(root: pathlib.Path, workers: int) -> tuple[str, list]:
+    """A Dask scheduler and ``workers`` one-thread workers on 127.0.0.1, as an instructor starts them."""
+    file = root / "scheduler.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--no-dashboard", "--scheduler-file", str(file)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    while not file.exists():
+        time.sleep(0.1)
+    for i in range(workers):
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(file),
+                                       "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    from distributed import Client
+    with Client(scheduler_file=str(file), timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(workers, timeout=120)
+    return str(file), procs
+
+
+def compare_cluster(args, root: pathlib.Path) -> int:
+    import signal
+    subs = make_submissions(root, args.assignment, args.students)
+    procs = []
+    address = args.scheduler
+    try:
+        if address == "local":
+            address, procs = local_cluster(root, args.workers)
+        ours = time_ours(subs, args.assignment, root, args.jobs)
+        remote = time_ours(subs, args.assignment, root, args.jobs, scheduler=address, name="cluster")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+    where = f"{args.workers} one-thread Dask workers on this machine" if args.scheduler == "local" else args.scheduler
+    n = args.students
+    print(f"\n{n} submissions of {args.assignment}, {os.cpu_count()} CPU cores")
+    print("| attn-grade autograde | seconds | s/student |")
+    print("|---|---|---|")
+    print(f"| local, --jobs {args.jobs} | {ours:.1f} | {ours / n:.2f} |")
+    print(f"| --scheduler ({where}) | {remote:.1f} | {remote / n:.2f} |")
+    print(f"\ncluster overhead per student: {(remote - ours) / n:+.2f} s ({remote / ours:.2f}x the local time)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--assignment", default="01_dot_products")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="compare local grading with grading on this Dask scheduler ('local': start one here)")
+    parser.add_argument("--workers", type=int, default=2, help="workers of --scheduler local (default 2)")
     args = parser.parse_args(argv)
     root = pathlib.Path(tempfile.mkdtemp(prefix="attn-bench-"))
+    if args.scheduler:
+        return compare_cluster(args, root)
     try:
         subs = make_submissions(root, args.assignment, args.students)
         mode = sandbox.resolve_mode("auto")

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ class Settings:
     due: str | None = None
     extensions: pathlib.Path | None = None
     late_policy: str | None = None
+    scheduler: str | None = None  # a Dask scheduler (tcp://HOST:PORT or a scheduler file): grade on its workers
 
 
 def _normalised(stem: str) -> str:
@@ -235,7 +237,9 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     template = nbformat.reads(template_text, as_version=4)
     write_course_files(out, assignment, sources[assignment], template_text, db_url)
     released = layouts.released_notebooks()
-    mode = sandbox.resolve_mode(settings.sandbox)
+    # on a cluster the workers sandbox the kernels: bubblewrap there unless the run says none
+    mode = ("none" if settings.sandbox == "none" else "bwrap") if settings.scheduler \
+        else sandbox.resolve_mode(settings.sandbox)
     jobs = []
     for entry in entries:
         choice = entry.choose(assignment)
@@ -248,20 +252,18 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
         else:
             job.why = choice.reason
         jobs.append(job)
-    run_dir = pathlib.Path(tempfile.mkdtemp(prefix="attn-grade-"))
-    os.chmod(run_dir, 0o700)
-    policy = sandbox.Policy(mode=mode, memory_bytes=settings.limits.memory_bytes)
-    uids = sandbox.UidPool() if mode == "bwrap" and os.geteuid() == 0 else None
     start = time.monotonic()
-    pool = None
-    try:
-        pool = examiner.ExaminerPool(policy, warm=examiner.plan(source).warm, uids=uids)
-        results = _run_all(jobs, batch.root, batch.census, assignment, source, template, run_dir, policy, settings,
-                           out, pool, uids, released)
-    finally:
-        if pool is not None:
-            pool.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
+    cluster_error = None
+    if settings.scheduler:
+        from . import cluster
+
+        def feedback_for(result):
+            if settings.feedback:
+                _write_feedback(result, assignment, source, _feedback_path(out, result.student_id, assignment))
+        results, cluster_error = cluster.run(jobs, batch.root, batch.census, assignment, sources[assignment], source,
+                                             settings, out, mode, feedback_for)
+    else:
+        results = _grade_here(jobs, batch, assignment, source, template, settings, out, mode, released)
     total = grade.max_score(source)
     by_id = {job.student_id: job for job in jobs}
     for r in results:
@@ -277,7 +279,7 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
             r.raw_score, r.score, r.late_days, r.penalty = p.raw_score, p.score, p.late_days, p.penalty
             if p.note:
                 r.reason = (r.reason + "; " if r.reason else "") + p.note
-    for student in missing:
+    for student in ([] if cluster_error else missing):
         results.append(grade.Result(student.id, "failed", None, total, "no submission"))
         if settings.feedback:
             _write_feedback(results[-1], assignment, source, _feedback_path(out, student.id, assignment))
@@ -299,10 +301,30 @@ def autograde(submissions: pathlib.Path, assignment: str, out: pathlib.Path,
     lms.update({st.id: known(st.id) for st in missing})
     gradebook.record(db_url, assignment, results, students=people, lms=lms)
     write_csv(out / "grades.csv", gradebook.rows(db_url, assignment))
+    if cluster_error is not None:
+        raise cluster_error
     if settings.progress:
-        header = [f"layout: {batch.layout}"] + ([f"late policy: {late.describe()}"] if due else []) + notes
+        where = [f"graded on the Dask cluster at {settings.scheduler}"] if settings.scheduler else []
+        header = where + [f"layout: {batch.layout}"] + ([f"late policy: {late.describe()}"] if due else []) + notes
         print(summary(results, assignment, mode, time.monotonic() - start, header), file=sys.stderr)
     return results
+
+
+def _grade_here(jobs, batch, assignment, source, template, settings, out, mode, released) -> list[grade.Result]:
+    """Grade ``jobs`` on this machine, ``settings.jobs`` at a time."""
+    run_dir = pathlib.Path(tempfile.mkdtemp(prefix="attn-grade-"))
+    os.chmod(run_dir, 0o700)
+    policy = sandbox.Policy(mode=mode, memory_bytes=settings.limits.memory_bytes)
+    uids = sandbox.UidPool() if mode == "bwrap" and os.geteuid() == 0 else None
+    pool = None
+    try:
+        pool = examiner.ExaminerPool(policy, warm=examiner.plan(source).warm, uids=uids)
+        return _run_all(jobs, batch.root, batch.census, assignment, source, template, run_dir, policy, settings,
+                        out, pool, uids, released)
+    finally:
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def feedback_folder(student_id: str) -> str:
@@ -323,12 +345,16 @@ class _Late(Exception):
 
 
 def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib.Path, seconds: float = 120.0) -> str:
-    """Write the page within ``seconds``; past that, a page with the summary alone."""
+    """Write the page within ``seconds``; past that, a page with the summary alone. (The time
+    limit needs the main thread; elsewhere, e.g. autograde called from a thread, only rows with
+    no cells reach here and the page is written without one.)"""
     def late(signum, frame):
         raise _Late()
 
-    previous = signal.signal(signal.SIGALRM, late)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 5.0))
+    timed = threading.current_thread() is threading.main_thread()
+    if timed:
+        previous = signal.signal(signal.SIGALRM, late)
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 5.0))
     try:
         feedback.write_html(feedback.build(result, assignment, source), path)
         return ""
@@ -343,8 +369,9 @@ def _write_feedback(result: grade.Result, assignment: str, source, path: pathlib
     except Exception as e:  # noqa: BLE001 - feedback must never cost a student their grade
         return f"feedback not written: {type(e).__name__}: {e}"
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _worker(write_fd: int, job: _Job, submissions, counts, assignment, source, template, work, policy, limits,

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--assignment", required=True, help="the notebook's file stem, e.g. 01_dot_products")
     p.add_argument("--out", required=True, type=pathlib.Path, help="where grades.csv and feedback/ go")
     p.add_argument("--jobs", type=int, default=2, help="students graded at once (default 2)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="grade on a Dask cluster: tcp://HOST:PORT or a scheduler file (each student is one task; "
+                        "workers need the course installed and bubblewrap)")
     p.add_argument("--db-url", default=None,
                    help="gradebook URL (default sqlite:///OUT/gradebook.db; e.g. postgresql://user@host/course)")
     p.add_argument("--no-feedback", action="store_true", help="skip the feedback pages")
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
         settings = autograde.Settings(jobs=args.jobs, limits=_limits(args), sandbox=args.sandbox,
                                       db_url=args.db_url, feedback=not args.no_feedback,
                                       students=tuple(args.student), layout=args.layout, roster=args.roster,
-                                      due=args.due, extensions=args.extensions, late_policy=args.late_policy)
+                                      due=args.due, extensions=args.extensions, late_policy=args.late_policy,
+                                      scheduler=args.scheduler)
         try:
             results = autograde.autograde(args.submissions, args.assignment, args.out, settings)
         except (ValueError, RuntimeError) as e:
