@@ -8,9 +8,11 @@ Each student is one task. What crosses the network is plain data in JSON text, b
 * worker -> client: the row (``grade.Result.as_data``), the feedback page (HTML text) and the
   graded notebook formgrader opens (``.ipynb`` text), all made by the grader on the worker.
 
-The client's Dask connection deserialises nothing but msgpack (``deserializers=["msgpack"]``):
-a result that is not plain data is refused before anything is built from it, so no bytes from a
-worker, let alone from a student's kernel, are ever unpickled on the instructor's machine. On
+The client deserialises task results as msgpack only (``deserializers=["msgpack", "error"]``):
+a result that is not plain data is refused, never unpickled, and no byte a student's kernel
+wrote is unpickled anywhere (the kernel speaks JSON to the grader on its own machine). Dask's
+own control messages (a task's exception) are still pickles: the scheduler and the workers are
+trusted machines, like the grading host. On
 the worker the student's kernel and examiner are exactly those of a local run (bubblewrap,
 uids, cgroups, seccomp, the examiner forked from a zygote): the Dask task hands the job to a
 long-lived *grading server* (``python -m grader.cluster serve``), a plain single-threaded
