@@ -25,6 +25,8 @@ from .masks import causal_mask, padding_mask, sliding_window_mask
 from .online_softmax import online_softmax
 from .mha import MultiHeadAttention
 from .model import Block, DecoderConfig, MLP, TinyDecoder, generate
+from .gpt import GPT, CausalSelfAttention, DecoderBlock
+from .train import train_model
 from .positions import sinusoidal_positions
 from .rope import apply_rope, apply_rope_complex
 from .similarity import cosine_scores, dot_product_scores
@@ -58,6 +60,7 @@ __all__ = [
     "PagedKVCache", "paged_attention", "mla_attention", "mla_scores", "sink_attention", "yarn_inv_freq",
     "flash_decode", "gated_delta_rule", "gated_delta_rule_chunked",
     "bracket_match_score", "indentation_score",
+    "GPT", "CausalSelfAttention", "DecoderBlock", "train_model",
     "cross_attention", "patchify", "attention_rollout",
 ]
 

@@ -1,11 +1,13 @@
-"""The checkers' library for positions (06), inference (08), the decoder block and the induction
-score (07) and the merge of partial attention results (13): mistakes learners make, each with the
-hint its checker must name, and correct implementations in different styles (see tests/library.py).
+"""The checkers' library for positions (06), inference (08), notebook 07 (causal self-attention, the
+decoder block, the training loop, the induction score) and the merge of partial attention results
+(13): mistakes learners make, each with the hint its checker must name, and correct implementations in
+different styles (see tests/library.py).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from torch import nn
 
 import attnkit
 from attnkit import chunked
-from attnkit.checks import (NOTEBOOK_CHECKS, check_alibi_bias, check_apply_rope, check_decode_step,
+from attnkit.checks import (CHECKS, NOTEBOOK_CHECKS, check_alibi_bias, check_apply_rope, check_decode_step,
                             check_decoder_block, check_grouped_query_attention, check_induction_score,
                             check_repeat_kv, check_sinusoidal_positions)
 from library import Exercise, Mutant
@@ -854,11 +856,245 @@ GQA = Exercise("grouped_query_attention", check_grouped_query_attention, [
 ], [gqa_repeat_attnkit, gqa_grouped, gqa_einsum_float64, gqa_loop_heads_sdpa])
 
 
+# ============================================================================ causal_self_attention
+
+
+class CausalSelfAttention(nn.Module):
+    """The notebook's solution: views and transposes, masked_fill, softmax."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.d_model
+        self.n_heads, self.head_dim, self.rope = cfg.n_heads, D // cfg.n_heads, cfg.positions == "rope"
+        self.q_proj = nn.Linear(D, D, bias=False)
+        self.k_proj = nn.Linear(D, D, bias=False)
+        self.v_proj = nn.Linear(D, D, bias=False)
+        self.out_proj = nn.Linear(D, D, bias=False)
+
+    def forward(self, x, return_weights=False):
+        B, N, D = x.shape
+        H, d = self.n_heads, self.head_dim
+        q = self.q_proj(x).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
+        k = self.k_proj(x).view(B, N, H, d).transpose(1, 2)
+        v = self.v_proj(x).view(B, N, H, d).transpose(1, 2)
+        if self.rope:
+            positions = torch.arange(N, device=x.device)
+            q, k = attnkit.apply_rope(q, positions), attnkit.apply_rope(k, positions)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, N, N)
+        future = torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        out = self.out_proj((weights @ v).transpose(1, 2).reshape(B, N, D))
+        return (out, weights) if return_weights else out
+
+
+class FusedSdpaAttention(nn.Module):
+    """nanoGPT's layout: one fused qkv_proj, F.scaled_dot_product_attention(is_causal=True) for the output;
+    the weights computed only when asked for; RoPE written with stack/flatten; a causal buffer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.d_model
+        self.h, self.rope = cfg.n_heads, cfg.positions == "rope"
+        self.qkv_proj = nn.Linear(D, 3 * D, bias=False)
+        self.out_proj = nn.Linear(D, D, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool)))
+
+    def forward(self, x, return_weights=False):
+        B, N, D = x.shape
+        q, k, v = self.qkv_proj(x).split(D, dim=-1)
+        q, k, v = (t.view(B, N, self.h, D // self.h).transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
+        if self.rope:
+            pos = torch.arange(N)
+            q, k = rope_stack(q, pos), rope_stack(k, pos)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, N, d)
+        out = self.out_proj(out.transpose(1, 2).contiguous().view(B, N, D))
+        if not return_weights:
+            return out
+        scores = (q @ k.transpose(-2, -1)) * (D // self.h) ** -0.5
+        return out, torch.softmax(scores.masked_fill(~self.tril[:N, :N], float("-inf")), dim=-1)
+
+
+class AttnkitPartsAttention(nn.Module):
+    """Built from the earlier notebooks' functions: split_heads, apply_rope, causal_mask,
+    scaled_dot_product_attention, merge_heads."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(self, name, nn.Linear(D, D, bias=False))
+
+    def forward(self, x, return_weights=False):
+        N = x.shape[1]
+        q, k, v = (attnkit.split_heads(proj(x), self.cfg.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.cfg.positions == "rope":
+            q, k = (attnkit.apply_rope(t, torch.arange(N)) for t in (q, k))
+        out, weights = attnkit.scaled_dot_product_attention(q, k, v, attnkit.causal_mask(N, N))
+        out = self.out_proj(attnkit.merge_heads(out))
+        return (out, weights) if return_weights else out
+
+
+class HeadLoopAttention(nn.Module):
+    """One head at a time with einsum, float64 inside, the mask added as -inf; weights stacked."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.d_model
+        self.n_heads, self.rope = cfg.n_heads, cfg.positions == "rope"
+        self.q_proj, self.k_proj = nn.Linear(D, D, bias=False), nn.Linear(D, D, bias=False)
+        self.v_proj, self.out_proj = nn.Linear(D, D, bias=False), nn.Linear(D, D, bias=False)
+
+    def forward(self, x, return_weights=False):
+        B, N, D = x.shape
+        d = D // self.n_heads
+        q, k, v = self.q_proj(x).double(), self.k_proj(x).double(), self.v_proj(x).double()
+        bias = torch.full((N, N), float("-inf"), dtype=torch.float64).triu(1)
+        outs, maps = [], []
+        for h in range(self.n_heads):
+            qh, kh, vh = (t[..., h * d:(h + 1) * d] for t in (q, k, v))  # (B, N, d)
+            if self.rope:
+                qh, kh = rope_complex(qh, torch.arange(N)), rope_complex(kh, torch.arange(N))
+            w = torch.softmax(torch.einsum("bid,bjd->bij", qh, kh) / d ** 0.5 + bias, dim=-1)  # (B, N, N)
+            outs.append(torch.einsum("bij,bjd->bid", w, vh))
+            maps.append(w)
+        out = self.out_proj(torch.cat(outs, dim=-1).to(x.dtype))
+        return (out, torch.stack(maps, 1).to(x.dtype)) if return_weights else out
+
+
+class _Attn(CausalSelfAttention):
+    """The solution's parameters; a forward with one slip (``slip``)."""
+
+    slip: dict = {}
+
+    def forward(self, x, return_weights=False):
+        s = self.slip
+        B, N, D = x.shape
+        H, d = self.n_heads, self.head_dim
+
+        def heads(t):
+            return t.reshape(B, H, N, d) if s.get("split") else t.view(B, N, H, d).transpose(1, 2)
+
+        qf, kf = self.q_proj(x), self.k_proj(x)
+        if self.rope and s.get("rope_width"):
+            qf, kf = attnkit.apply_rope(qf, torch.arange(N)), attnkit.apply_rope(kf, torch.arange(N))
+        q, k, v = heads(qf), heads(kf), heads(self.v_proj(x))
+        if (self.rope or s.get("rope_always")) and not s.get("no_rope") and not s.get("rope_width"):
+            pos = torch.arange(N)
+            pairing = "half" if s.get("half") else "interleaved"
+            q = q if s.get("rope_k_only") else attnkit.apply_rope(q, pos, pairing=pairing)
+            k = attnkit.apply_rope(k, pos, pairing=pairing)
+            v = attnkit.apply_rope(v, pos, pairing=pairing) if s.get("rope_v") else v
+        scale = {"none": 1.0, "d": 1 / d, "D": D ** -0.5}.get(s.get("scale"), d ** -0.5)
+        scores = q @ k.transpose(-2, -1) * scale
+        future = torch.ones(N, N, dtype=torch.bool).triu(0 if s.get("strict") else 1)
+        if s.get("zero_after"):
+            weights = scores.softmax(-1).masked_fill(future, 0.0)
+        elif s.get("no_mask"):
+            weights = scores.softmax(-1)
+        else:
+            weights = scores.masked_fill(future, float("-inf")).softmax(dim=-2 if s.get("query_axis") else -1)
+        out = weights @ v
+        out = out.reshape(B, N, D) if s.get("merge") else out.transpose(1, 2).reshape(B, N, D)
+        out = self.out_proj(out)
+        if not return_weights:
+            return out
+        if s.get("return_scores"):
+            return out, scores
+        return out, weights.transpose(-2, -1) if s.get("weights_transposed") else weights
+
+
+def _attn_slip(name, **slip):
+    return type(name, (_Attn,), {"slip": slip})
+
+
+class BiasedAttention(CausalSelfAttention):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        D = cfg.d_model
+        self.q_proj, self.k_proj = nn.Linear(D, D), nn.Linear(D, D)
+        self.v_proj, self.out_proj = nn.Linear(D, D), nn.Linear(D, D)
+
+
+class NoOutProjAttention(CausalSelfAttention):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        del self.out_proj
+        self.out_proj = nn.Identity()
+
+
+class NanoGptNamesAttention(nn.Module):
+    """Right, but with nanoGPT's names (c_attn, c_proj): the checker cannot load its weights."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.d_model
+        self.c_attn, self.c_proj = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
+        self.n_heads = cfg.n_heads
+
+    def forward(self, x, return_weights=False):
+        B, N, D = x.shape
+        q, k, v = (t.view(B, N, self.n_heads, -1).transpose(1, 2) for t in self.c_attn(x).split(D, -1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class NoWeightsAttention(CausalSelfAttention):
+    def forward(self, x):
+        return super().forward(x)
+
+
+class AttnkitMhaAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.inner = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, rope=cfg.positions == "rope")
+
+    def forward(self, x, return_weights=False):
+        return self.inner(x, is_causal=True, return_weights=return_weights)
+
+
+class TorchMhaAttention(nn.Module):
+    """nn.MultiheadAttention with a causal mask (and no RoPE)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(cfg.d_model, cfg.n_heads, bias=False, batch_first=True)
+
+    def forward(self, x, return_weights=False):
+        N = x.shape[1]
+        mask = torch.ones(N, N, dtype=torch.bool).triu(1)
+        out, w = self.mha(x, x, x, attn_mask=mask, average_attn_weights=False)
+        return (out, w) if return_weights else out
+
+
+CAUSAL_SELF_ATTENTION = Exercise("causal_self_attention", NOTEBOOK_CHECKS["causal_self_attention"], [
+    Mutant("no 1/sqrt(d)", _attn_slip("NoScale", scale="none"), "not scaled"),
+    Mutant("1/d", _attn_slip("OverD", scale="d"), "not 1/d"),
+    Mutant("1/sqrt(D)", _attn_slip("OverSqrtD", scale="D"), "model width D"),
+    Mutant("no causal mask", _attn_slip("NoMask", no_mask=True), "not causal"),
+    Mutant("mask hides the diagonal", _attn_slip("Strict", strict=True), "diagonal"),
+    Mutant("future zeroed after the softmax", _attn_slip("ZeroAfter", zero_after=True), "after the softmax"),
+    Mutant("softmax over the query axis", _attn_slip("QueryAxis", query_axis=True), "query axis"),
+    Mutant("heads cut with a reshape", _attn_slip("BadSplit", split=True), "reshape straight to (B, H, N, d)"),
+    Mutant("heads merged with a reshape", _attn_slip("BadMerge", merge=True), "merged with a reshape"),
+    Mutant("no RoPE", _attn_slip("NoRope", no_rope=True), "RoPE is missing"),
+    Mutant("RoPE on the values too", _attn_slip("RopeV", rope_v=True), "not the values"),
+    Mutant("RoPE on the keys only", _attn_slip("RopeK", rope_k_only=True), "rotate the queries too"),
+    Mutant("RoPE on halves", _attn_slip("RopeHalf", half=True), "halves"),
+    Mutant("RoPE across the width D", _attn_slip("RopeWidth", rope_width=True), "per head"),
+    Mutant("RoPE whatever cfg.positions", _attn_slip("RopeAlways", rope_always=True), "RoPE was applied although"),
+    Mutant("scores returned as weights", _attn_slip("Scores", return_scores=True), "after the softmax"),
+    Mutant("weights returned transposed", _attn_slip("WeightsT", weights_transposed=True), "transposed"),
+    Mutant("projections with biases", BiasedAttention, "biases"),
+    Mutant("no output projection", NoOutProjAttention, "output projection is missing"),
+    Mutant("nanoGPT's names c_attn, c_proj", NanoGptNamesAttention, "name the projections"),
+    Mutant("forward without return_weights", NoWeightsAttention, "return_weights=True"),
+    Mutant("attnkit.MultiHeadAttention inside", AttnkitMhaAttention, "calls"),
+    Mutant("nn.MultiheadAttention inside", TorchMhaAttention, "calls"),
+], [CausalSelfAttention, FusedSdpaAttention, AttnkitPartsAttention, HeadLoopAttention])
+
+
 # ============================================================================ decoder_block
-
-
-def _attention(cfg):
-    return attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rope=cfg.positions == "rope")
 
 
 def _mlp(cfg):
@@ -866,80 +1102,64 @@ def _mlp(cfg):
 
 
 class DecoderBlock(nn.Module):
-    """The notebook's solution."""
+    """The notebook's solution: its own attention, an nn.Sequential MLP."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = _attention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = _mlp(cfg)
+        D, d_mlp = cfg.d_model, cfg.d_mlp or 4 * cfg.d_model
+        self.ln1 = nn.LayerNorm(D)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, d_mlp), nn.GELU(), nn.Linear(d_mlp, D))
 
     def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)
+        x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
 
-class MaskBufferBlock(nn.Module):
-    """nanoGPT's pattern: a persistent causal-mask buffer, dropout (off in eval), a cache argument."""
+class AttnkitPartsBlock(nn.Module):
+    """attnkit.CausalSelfAttention and attnkit.MLP, the residual stream named h."""
 
     def __init__(self, cfg):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn, self.mlp = _attention(cfg), _mlp(cfg)
-        self.register_buffer("bias", torch.tril(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool)))
-        self.drop = nn.Dropout(0.1)
+        self.attn, self.mlp = attnkit.CausalSelfAttention(cfg), _mlp(cfg)
 
-    def forward(self, x, cache=None):
-        N = x.shape[1]
-        x = x + self.drop(self.attn(self.ln1(x), mask=self.bias[:N, :N], cache=cache))
-        return x + self.drop(self.mlp(self.ln2(x)))
+    def forward(self, h):
+        h = self.attn(self.ln1(h)) + h
+        return self.mlp(self.ln2(h)) + h
 
 
-class OwnAttention(nn.Module):
-    """Causal self-attention written out, with the parameter names of attnkit.MultiHeadAttention."""
-
-    def __init__(self, d_model, n_heads, n_kv_heads=None, rope=False):
-        super().__init__()
-        self.h, self.hkv, self.rope = n_heads, n_kv_heads or n_heads, rope
-        self.d = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj = nn.Linear(d_model, self.hkv * self.d, bias=False)
-        self.v_proj = nn.Linear(d_model, self.hkv * self.d, bias=False)
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(self, x):
-        B, N, D = x.shape
-        q = self.q_proj(x).view(B, N, self.h, self.d).transpose(1, 2)  # (B, H, N, d)
-        k = self.k_proj(x).view(B, N, self.hkv, self.d).transpose(1, 2)  # (B, Hkv, N, d)
-        v = self.v_proj(x).view(B, N, self.hkv, self.d).transpose(1, 2)  # (B, Hkv, N, d)
-        if self.rope:
-            pos = torch.arange(N)
-            q, k = rope_stack(q, pos), rope_stack(k, pos)
-        k, v = repeat_interleave(k, self.h // self.hkv), repeat_interleave(v, self.h // self.hkv)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, N, d)
-        return self.out_proj(out.transpose(1, 2).reshape(B, N, D))
-
-
-class OwnAttentionBlock(nn.Module):
+class NanoGptMLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = OwnAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rope=cfg.positions == "rope")
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = _mlp(cfg)
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.c_fc, self.c_proj = nn.Linear(cfg.d_model, d_mlp), nn.Linear(d_mlp, cfg.d_model)
+        self.gelu, self.dropout = nn.GELU(), nn.Dropout(0.1)
 
     def forward(self, x):
-        h = self.attn(self.ln1(x))
-        x = h + x
-        return self.mlp(self.ln2(x)) + x
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-class SubclassedBlock(attnkit.Block):
-    """attnkit.Block's parts (inherited __init__), its own forward."""
+class NanoGptBlock(nn.Module):
+    """nanoGPT's pattern: fused-qkv attention with a causal buffer, dropout on the residual branches (off in eval)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn, self.mlp = FusedSdpaAttention(cfg), NanoGptMLP(cfg)
+        self.resid_drop = nn.Dropout(0.1)
 
     def forward(self, x):
-        a = self.attn(self.ln1(x), is_causal=True)
+        x = x + self.resid_drop(self.attn(self.ln1(x)))
+        return x + self.mlp(self.ln2(x))
+
+
+class SubclassedBlock(attnkit.DecoderBlock):
+    """attnkit.DecoderBlock's parts (inherited __init__), its own forward."""
+
+    def forward(self, x):
+        a = self.attn(self.ln1(x))
         x = x + a
         return x + self.mlp(self.ln2(x))
 
@@ -947,101 +1167,153 @@ class SubclassedBlock(attnkit.Block):
 class _Variant(nn.Module):
     """The solution's parts; forward is one of the usual wrong wirings."""
 
-    wiring = "pre-norm"
-
     def __init__(self, cfg):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn, self.mlp = _attention(cfg), _mlp(cfg)
+        self.attn, self.mlp = CausalSelfAttention(cfg), _mlp(cfg)
 
 
 class PostNormBlock(_Variant):
     def forward(self, x):
-        x = self.ln1(x + self.attn(x, is_causal=True))
+        x = self.ln1(x + self.attn(x))
         return self.ln2(x + self.mlp(x))
-
-
-class NotCausalBlock(_Variant):
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
 
 
 class NoResidualBlock(_Variant):
     def forward(self, x):
-        return self.mlp(self.ln2(self.attn(self.ln1(x), is_causal=True)))
+        return self.mlp(self.ln2(self.attn(self.ln1(x))))
 
 
 class MlpResidualMissingBlock(_Variant):
     def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)
+        x = x + self.attn(self.ln1(x))
         return self.mlp(self.ln2(x))
+
+
+class AttnResidualMissingBlock(_Variant):
+    def forward(self, x):
+        x = self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
 
 
 class SharedNormBlock(_Variant):
     def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)
+        x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln1(x))
 
 
 class SwappedNormBlock(_Variant):
     def forward(self, x):
-        x = x + self.attn(self.ln2(x), is_causal=True)
+        x = x + self.attn(self.ln2(x))
         return x + self.mlp(self.ln1(x))
 
 
 class NoLn1Block(_Variant):
     def forward(self, x):
-        x = x + self.attn(x, is_causal=True)
+        x = x + self.attn(x)
         return x + self.mlp(self.ln2(x))
 
 
 class NoLn2Block(_Variant):
     def forward(self, x):
-        x = x + self.attn(self.ln1(x), is_causal=True)
+        x = x + self.attn(self.ln1(x))
         return x + self.mlp(x)
 
 
 class ParallelBlock(_Variant):
     def forward(self, x):
-        return x + self.attn(self.ln1(x), is_causal=True) + self.mlp(self.ln2(x))
+        return x + self.attn(self.ln1(x)) + self.mlp(self.ln2(x))
 
 
 class NormalisedResidualBlock(_Variant):
     def forward(self, x):
         x = self.ln1(x)
-        x = x + self.attn(x, is_causal=True)  # the residual stream is now the normalised x
+        x = x + self.attn(x)  # the residual stream is now the normalised x
         return x + self.mlp(self.ln2(x))
 
 
-class NoRopeBlock(_Variant):
+class _Rewired(DecoderBlock):
+    """The solution's forward; one part built differently."""
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class NotCausalBlock(_Rewired):
+    """attnkit.MultiHeadAttention without is_causal: the block sees the future."""
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.attn = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads)
+        self.attn = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, rope=cfg.positions == "rope")
+
+
+class CausalInForwardBlock(nn.Module):
+    """The old notebook's block: attnkit.MultiHeadAttention, causal only because forward says so."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, rope=cfg.positions == "rope")
+        self.mlp = _mlp(cfg)
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x), is_causal=True)
         return x + self.mlp(self.ln2(x))
 
 
-class NoKvHeadsBlock(NoRopeBlock):
+class NoRopeBlock(_Rewired):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.attn = attnkit.MultiHeadAttention(cfg.d_model, cfg.n_heads, rope=cfg.positions == "rope")
+        self.attn = _attn_slip("NoRope", no_rope=True)(cfg)
 
 
-class FixedMlpWidthBlock(NoRopeBlock):
+class FixedMlpWidthBlock(_Rewired):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.attn = _attention(cfg)
         self.mlp = attnkit.MLP(cfg.d_model, 4 * cfg.d_model)
 
 
-class RMSNormBlock(NoRopeBlock):
+class BiaslessMlpBlock(_Rewired):
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.attn = _attention(cfg)
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, d_mlp, bias=False), nn.GELU(),
+                                 nn.Linear(d_mlp, cfg.d_model, bias=False))
+
+
+class TanhGeluBlock(_Rewired):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, d_mlp), nn.GELU(approximate="tanh"),
+                                 nn.Linear(d_mlp, cfg.d_model))
+
+
+class ReluBlock(_Rewired):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, d_mlp), nn.ReLU(), nn.Linear(d_mlp, cfg.d_model))
+
+
+class NoActivationBlock(_Rewired):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, d_mlp), nn.Linear(d_mlp, cfg.d_model))
+
+
+class RMSNormBlock(_Rewired):
+    def __init__(self, cfg):
+        super().__init__(cfg)
         self.ln1, self.ln2 = nn.RMSNorm(cfg.d_model), nn.RMSNorm(cfg.d_model)
+
+
+class BiasedAttentionBlock(_Rewired):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.attn = BiasedAttention(cfg)
 
 
 class RenamedBlock(DecoderBlock):
@@ -1051,28 +1323,261 @@ class RenamedBlock(DecoderBlock):
         del self.ln1
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x), is_causal=True)
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.ln2(x))
 
 
 DECODER_BLOCK = Exercise("decoder_block", check_decoder_block, [
     Mutant("post-norm", PostNormBlock, "post-norm"),
     Mutant("attention not causal", NotCausalBlock, "not causal"),
+    Mutant("causal only through the block's forward", CausalInForwardBlock, "not causal by itself"),
     Mutant("no residual connections", NoResidualBlock, "residual connections are missing"),
     Mutant("no residual around the MLP", MlpResidualMissingBlock, "around the MLP"),
+    Mutant("no residual around the attention", AttnResidualMissingBlock, "around the attention"),
     Mutant("ln1 for both sublayers", SharedNormBlock, "both sublayers use ln1"),
     Mutant("ln1 and ln2 swapped", SwappedNormBlock, "swapped"),
     Mutant("attention reads x, not ln1(x)", NoLn1Block, "attention reads ln1(x)"),
     Mutant("MLP reads x, not ln2(x)", NoLn2Block, "the MLP reads ln2(x)"),
     Mutant("parallel sublayers (GPT-J)", ParallelBlock, "parallel"),
     Mutant("residual stream normalised", NormalisedResidualBlock, "add each sublayer's output to x itself"),
-    Mutant("rope=... not passed", NoRopeBlock, "RoPE"),
-    Mutant("n_kv_heads not passed", NoKvHeadsBlock, "n_kv_heads"),
+    Mutant("attention without RoPE", NoRopeBlock, "RoPE is missing"),
     Mutant("MLP width 4 * d_model, ignoring cfg.d_mlp", FixedMlpWidthBlock, "cfg.d_mlp"),
+    Mutant("MLP without biases", BiaslessMlpBlock, "have biases"),
+    Mutant("tanh GELU", TanhGeluBlock, "tanh"),
+    Mutant("ReLU MLP", ReluBlock, "ReLU"),
+    Mutant("MLP without an activation", NoActivationBlock, "no activation"),
     Mutant("RMSNorm instead of LayerNorm", RMSNormBlock, "LayerNorm"),
+    Mutant("attention with biases", BiasedAttentionBlock, "4 D^2"),
     Mutant("parts named differently (norm1)", RenamedBlock, "no ln1"),
-    Mutant("calls attnkit.Block.forward", attnkit.Block, "calls"),
-], [DecoderBlock, MaskBufferBlock, OwnAttentionBlock, SubclassedBlock])
+    Mutant("calls attnkit.DecoderBlock.forward", attnkit.DecoderBlock, "calls"),
+], [DecoderBlock, AttnkitPartsBlock, NanoGptBlock, SubclassedBlock])
+
+
+# ============================================================================ train_model
+
+
+def train_manual_lr(model, batches, eval_tokens, *, steps, lr=3e-3, warmup=50, weight_decay=0.1, clip=1.0,
+                    eval_every=100):
+    """The notebook's solution: the learning rate set by hand before every update."""
+    def lr_at(t):
+        if t < warmup:
+            return lr * (t + 1) / warmup
+        progress = (t - warmup) / max(1, steps - warmup)
+        return 0.1 * lr + 0.45 * lr * (1 + math.cos(math.pi * progress))
+
+    def loss_on(tokens):
+        logits = model(tokens[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            loss = loss_on(eval_tokens).item()
+        model.train()
+        return loss
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    history = {"train_loss": [], "lr": [], "eval_loss": [(0, evaluate())]}
+    for t, tokens in zip(range(steps), batches):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(t)
+        loss = loss_on(tokens)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        history["train_loss"].append(loss.item())
+        history["lr"].append(lr_at(t))
+        if (t + 1) % eval_every == 0 or t + 1 == steps:
+            history["eval_loss"].append((t + 1, evaluate()))
+    return history
+
+
+def train_lambda_lr(model, batches, eval_tokens, *, steps, lr=3e-3, warmup=50, weight_decay=0.1, clip=1.0,
+                    eval_every=100):
+    """torch.optim.lr_scheduler.LambdaLR stepped after the optimizer; log_softmax and gather; inference_mode."""
+    def factor(t):
+        if t < warmup:
+            return (t + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, steps - warmup)))
+
+    def nll(tokens):
+        logp = model(tokens[:, :-1]).log_softmax(-1)  # (B, N-1, vocab)
+        return -logp.gather(-1, tokens[:, 1:, None]).mean()
+
+    def held_out():
+        model.eval()
+        with torch.inference_mode():
+            value = float(nll(eval_tokens))
+        model.train()
+        return value
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    out = {"train_loss": [], "lr": [], "eval_loss": [(0, held_out())]}
+    batches = iter(batches)
+    for step in range(1, steps + 1):
+        out["lr"].append(sched.get_last_lr()[0])
+        loss = nll(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip)
+        opt.step()
+        sched.step()
+        out["train_loss"].append(loss.item())
+        if step % eval_every == 0 or step == steps:
+            out["eval_loss"].append((step, held_out()))
+    return out
+
+
+def train_nanogpt_style(model, batches, eval_tokens, *, steps, lr=3e-3, warmup=50, weight_decay=0.1, clip=1.0,
+                        eval_every=100):
+    """Batches indexed; the clipping written out (torch's formula); gradients zeroed after the step;
+    the evaluation summed over chunks of the held-out set."""
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr, (0.9, 0.95), weight_decay=weight_decay)
+    min_lr = lr / 10
+
+    def get_lr(it):
+        if it < warmup:
+            return lr * (it + 1) / warmup
+        ratio = (it - warmup) / (steps - warmup)
+        return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * ratio))
+
+    @torch.no_grad()
+    def estimate():
+        model.eval()
+        total, count = 0.0, 0
+        for chunk in eval_tokens.split(4):
+            logits = model(chunk[:, :-1])
+            total += F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="sum").item()
+            count += chunk[:, 1:].numel()
+        model.train()
+        return total / count
+
+    history = dict(train_loss=[], lr=[], eval_loss=[])
+    for it in range(steps + 1):
+        if it % eval_every == 0 or it == steps:
+            history["eval_loss"].append((it, estimate()))
+        if it == steps:
+            break
+        rate = get_lr(it)
+        for g in opt.param_groups:
+            g["lr"] = rate
+        x = batches[it]
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None))
+        coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history["train_loss"].append(loss.item())
+        history["lr"].append(rate)
+    return history
+
+
+def _train_slip(**slip):
+    """The solution's loop with one slip switched on (the keywords say which)."""
+    def loop(model, batches, eval_tokens, *, steps, lr=3e-3, warmup=50, weight_decay=0.1, clip=1.0, eval_every=100):
+        def lr_at(t):
+            warm = 0 if slip.get("no_warmup") else warmup
+            if t < warm:
+                return lr * (t if slip.get("from_zero") else t + 1) / warm
+            if slip.get("no_decay"):
+                return lr
+            low = 0.0 if slip.get("to_zero") else 0.1 * lr
+            return low + 0.5 * (lr - low) * (1 + math.cos(math.pi * (t - warm) / max(1, steps - warm)))
+
+        def loss_on(tokens):
+            if slip.get("no_shift"):
+                logits, targets = model(tokens), tokens
+            else:
+                logits, targets = model(tokens[:, :-1]), tokens[:, 1:]
+            reduction = "sum" if slip.get("sum") else "mean"
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+
+        def evaluate(tokens):
+            if not slip.get("no_eval_mode"):
+                model.eval()
+            if slip.get("with_grad"):
+                loss = loss_on(tokens).item()
+            else:
+                with torch.no_grad():
+                    loss = loss_on(tokens).item()
+            if not slip.get("no_train_after"):
+                model.train()
+            return loss
+
+        if slip.get("adam"):
+            opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        elif slip.get("default_betas"):
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        elif slip.get("default_weight_decay"):
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_at(t) / lr) if slip.get("scheduler_first") else None
+        history = {"train_loss": [], "lr": [], "eval_loss": []}
+        if not slip.get("no_first_eval"):
+            history["eval_loss"].append((0, evaluate(batches[0] if slip.get("eval_on_train") else eval_tokens)))
+        for t in range(steps):
+            tokens = batches[t]
+            if sched is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch warns about exactly this order
+                    sched.step()  # before the optimizer: every update gets the next update's rate
+                rate = sched.get_last_lr()[0]
+            else:
+                rate = lr_at(t)
+                for group in opt.param_groups:
+                    group["lr"] = rate
+            loss = loss_on(tokens)
+            if not slip.get("no_zero_grad"):
+                opt.zero_grad()
+            if slip.get("clip_first"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            loss.backward()
+            if slip.get("clip_value"):
+                torch.nn.utils.clip_grad_value_(model.parameters(), clip)
+            elif not (slip.get("no_clip") or slip.get("clip_first")):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            history["train_loss"].append(loss.item())
+            history["lr"].append(rate)
+            done = t + 1
+            if done % eval_every == 0 or (done == steps and not slip.get("no_last_eval")):
+                history["eval_loss"].append((done, evaluate(tokens if slip.get("eval_on_train") else eval_tokens)))
+        return history
+    return loop
+
+
+TRAIN_MODEL = Exercise("train_model", CHECKS["train_model"], [
+    Mutant("no warm-up", _train_slip(no_warmup=True), "warm-up is missing"),
+    Mutant("warm-up from 0 (lr * t / warmup)", _train_slip(from_zero=True), "starts at 0"),
+    Mutant("LambdaLR stepped before the optimizer", _train_slip(scheduler_first=True), "one update late"),
+    Mutant("no decay after the warm-up", _train_slip(no_decay=True), "never decays"),
+    Mutant("cosine down to 0", _train_slip(to_zero=True), "decays to 0"),
+    Mutant("no clipping", _train_slip(no_clip=True), "not clipped"),
+    Mutant("clipping before backward", _train_slip(clip_first=True), "not clipped"),
+    Mutant("clip_grad_value_", _train_slip(clip_value=True), "global norm"),
+    Mutant("Adam with weight_decay (an L2 penalty)", _train_slip(adam=True), "AdamW"),
+    Mutant("AdamW's default betas", _train_slip(default_betas=True), "betas"),
+    Mutant("AdamW's default weight decay", _train_slip(default_weight_decay=True), "weight_decay"),
+    Mutant("no zero_grad", _train_slip(no_zero_grad=True), "pile up"),
+    Mutant("loss summed over the tokens", _train_slip(sum=True), "summed"),
+    Mutant("targets not shifted", _train_slip(no_shift=True), "next token"),
+    Mutant("evaluated in training mode", _train_slip(no_eval_mode=True), "model.eval()"),
+    Mutant("evaluated with gradients on", _train_slip(with_grad=True), "torch.no_grad()"),
+    Mutant("no model.train() after evaluating", _train_slip(no_train_after=True), "model.train()"),
+    Mutant("evaluated on the training batch", _train_slip(eval_on_train=True), "never saw the held-out"),
+    Mutant("no evaluation before the first update", _train_slip(no_first_eval=True), "before the first update"),
+    Mutant("no evaluation after the last update", _train_slip(no_last_eval=True), "after the last update"),
+    Mutant("calls attnkit.train_model", attnkit.train_model, "calls"),
+], [train_manual_lr, train_lambda_lr, train_nanogpt_style])
 
 
 # ============================================================================ induction_score
@@ -1321,4 +1826,5 @@ MERGE = Exercise("merge_partials", NOTEBOOK_CHECKS["merge_partials"], [
 ], [merge_where, merge_sigmoid, merge_stacked_float64, merge_transposed_result])
 
 
-EXERCISES = [SINUSOIDAL, ROPE, ALIBI, DECODE, REPEAT, GQA, DECODER_BLOCK, INDUCTION, MERGE]
+EXERCISES = [SINUSOIDAL, ROPE, ALIBI, DECODE, REPEAT, GQA, CAUSAL_SELF_ATTENTION, DECODER_BLOCK, TRAIN_MODEL, INDUCTION,
+             MERGE]

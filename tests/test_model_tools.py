@@ -67,3 +67,107 @@ def test_kv_cache_bytes_matches_allocated_memory():
     assert attnkit.kv_cache_bytes(1, 3, 8, 50, batch=2, bytes_per_value=2) == allocated == cache.nbytes
     # Llama-2-7B: 32 layers, 32 kv heads of 128, 4096 tokens, fp16 -> 2 GiB per sequence
     assert attnkit.kv_cache_bytes(32, 32, 128, 4096) == 2 * 2**30
+
+
+# ---------------------------------------------------------------- notebook 07: the model and loop a learner builds
+
+
+def test_distinct_segments_make_the_one_token_lookup_exact():
+    g = torch.Generator().manual_seed(0)
+    tokens, periods = repeated_sequences(500, 40, 32, period=(4, 16), generator=g, distinct=True)
+    for row, p in zip(tokens, periods.tolist()):
+        body = row[1:]
+        assert len(set(body[:p].tolist())) == p  # no token twice in a segment
+        assert torch.equal(body[p:], body[:-p])
+    with pytest.raises(ValueError, match="distinct"):
+        repeated_sequences(1, 20, 8, period=10, distinct=True)
+
+
+def test_segments_drawn_with_replacement_repeat_tokens_as_the_birthday_problem_says():
+    """attnkit/data.py's docstring: 99% of 16-token segments over 31 ids repeat a token."""
+    import math
+    tokens, _ = repeated_sequences(4000, 17, 32, period=16, generator=torch.Generator().manual_seed(3))
+    repeated = sum(len(set(row[1:].tolist())) < 16 for row in tokens) / len(tokens)
+    assert abs(repeated - (1 - math.prod(1 - i / 31 for i in range(16)))) < 0.01
+    assert repeated > 0.98
+
+
+def test_gpt_equals_tiny_decoder_with_the_same_weights():
+    """attnkit.GPT (notebook 07's model) against TinyDecoder, built on MultiHeadAttention, the same names."""
+    for positions in ("rope", "learned"):
+        cfg = attnkit.DecoderConfig(vocab_size=11, d_model=24, n_heads=3 if positions == "learned" else 2,
+                                    n_layers=2, max_len=16, positions=positions, d_mlp=40)
+        torch.manual_seed(0)
+        tiny = attnkit.TinyDecoder(cfg).double()
+        gpt = attnkit.GPT(cfg).double()
+        gpt.load_state_dict(tiny.state_dict())
+        tokens = torch.randint(0, 11, (3, 13), generator=torch.Generator().manual_seed(1))
+        logits, weights = gpt(tokens, return_weights=True)
+        want, want_weights = tiny(tokens, return_weights=True)
+        torch.testing.assert_close(logits, want)
+        for w, ref in zip(weights, want_weights):
+            torch.testing.assert_close(w, ref)
+
+
+def test_causal_self_attention_properties():
+    cfg = attnkit.DecoderConfig(vocab_size=5, d_model=32, n_heads=4, positions="rope")
+    torch.manual_seed(0)
+    attn = attnkit.CausalSelfAttention(cfg)
+    assert sum(p.numel() for p in attn.parameters()) == 4 * 32 * 32
+    x = torch.randn(2, 9, 32)
+    out, w = attn(x, return_weights=True)
+    assert out.shape == (2, 9, 32) and w.shape == (2, 4, 9, 9)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9))
+    assert (w.triu(1) == 0).all()
+    x2 = x.clone()
+    x2[:, 5:] = torch.randn(2, 4, 32)
+    torch.testing.assert_close(attn(x2)[:, :5], out[:, :5])  # a later token never changes an earlier output
+    block = attnkit.DecoderBlock(cfg)
+    assert sum(p.numel() for p in block.parameters()) == 4 * 32 + 4 * 32 * 32 + 2 * 32 * 128 + 128 + 32
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        attnkit.CausalSelfAttention(attnkit.DecoderConfig(vocab_size=5, d_model=32, n_heads=4, n_kv_heads=2))
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    from attnkit.train import lr_at
+    lrs = [lr_at(t, lr=1.0, warmup=10, steps=100) for t in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == lrs[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # rising
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))  # falling
+    assert 0.1 < lrs[-1] < 0.101 and lr_at(100, lr=1.0, warmup=10, steps=100) == pytest.approx(0.1)
+    assert lr_at(0, lr=2.0, warmup=0, steps=5) == pytest.approx(2.0)
+
+
+def test_train_model_clips_evaluates_without_training_and_learns():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from attnkit.train import evaluate, train_model
+    cfg = attnkit.DecoderConfig(vocab_size=8, d_model=32, n_heads=2, n_layers=2, max_len=24, positions="rope")
+    torch.manual_seed(0)
+    model = attnkit.GPT(cfg)
+    g = torch.Generator().manual_seed(0)
+    batches = repeated_sequences(120 * 16, 24, 8, period=(2, 5), generator=g, distinct=True)[0].view(120, 16, 24)
+    held = repeated_sequences(64, 24, 8, period=(2, 5), generator=g, distinct=True)[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert evaluate(model, held) > 0 and model.training  # the mode is restored ...
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # ... and nothing moved
+    norms, rates = [], []
+
+    def record(opt, args, kwargs):
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads])).item())
+        rates.append(opt.param_groups[0]["lr"])
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        history = train_model(model, batches, held, steps=120, lr=1e-2, warmup=10, clip=0.5, eval_every=50)
+    finally:
+        handle.remove()
+    assert len(norms) == 120 and max(norms) <= 0.5 + 1e-4  # every update saw a clipped gradient
+    assert rates == pytest.approx(history["lr"]) and rates[0] == pytest.approx(1e-3)  # the warm-up's first rate
+    assert [s for s, _ in history["eval_loss"]] == [0, 50, 100, 120] and model.training
+    first, last = history["eval_loss"][0][1], history["eval_loss"][-1][1]
+    assert last < 0.6 * first, history["eval_loss"]
+    with pytest.raises(ValueError, match="ran out"):
+        train_model(model, batches[:3], held, steps=5)

@@ -43,6 +43,7 @@ CONTRACT = {
                       ("beta_slow", 1.0)],
     "flash_decode": [("q", E), ("k", E), ("v", E), ("n_splits", E)],
     "gated_delta_rule": [("q", E), ("k", E), ("v", E), ("beta", E), ("g", E), ("initial_state", None)],
+    "train_model": [("model", E), ("batches", E), ("eval_tokens", E)],  # the rest keyword-only (notebook 07)
 }
 
 

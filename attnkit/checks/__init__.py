@@ -21,7 +21,8 @@ from .distributed import check_merge_partials
 from .heads import check_merge_heads, check_multi_head_attention, check_split_heads
 from .inference import check_decode_step, check_grouped_query_attention, check_repeat_kv
 from .masks import check_causal_mask, check_padding_mask
-from .model import NOTEBOOK_CHECKS, check_decoder_block, check_induction_score
+from .model import NOTEBOOK_CHECKS, check_causal_self_attention, check_decoder_block, check_induction_score
+from .training import check_train_model
 from .positions import check_alibi_bias, check_apply_rope, check_sinusoidal_positions
 from .triton_softmax import check_triton_softmax  # imports triton only when it runs
 from .triton import check_triton_flash_dq, check_triton_flash_forward  # imports triton only when it runs
@@ -62,6 +63,7 @@ CHECKS = {
     "yarn_inv_freq": check_yarn_inv_freq,
     "flash_decode": check_flash_decode,
     "gated_delta_rule": check_gated_delta_rule,
+    "train_model": check_train_model,
     "cross_attention": check_cross_attention,
     "patchify": check_patchify,
     "attention_rollout": check_attention_rollout,
@@ -81,5 +83,5 @@ __all__ = ["CHECKS", "NOTEBOOK_CHECKS", "there", *(f"check_{name}" for name in C
            "check_merge_partials",
            "check_triton_flash_dq", "check_triton_scale_shift", "check_triton_row_max", "check_triton_matmul",
            "check_triton_attention_tile", "check_gated_delta_rule_chunked",
-           "check_decoder_block", *(f"check_{name}" for name in FLEX_CHECKS),
+           "check_decoder_block", "check_causal_self_attention", *(f"check_{name}" for name in FLEX_CHECKS),
            *(f"check_{name}" for name in INSIDE_CHECKS)]
