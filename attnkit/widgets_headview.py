@@ -102,12 +102,12 @@ class HeadView(Explorer):
         import matplotlib.colors as mc
         import matplotlib.pyplot as plt
         row, q = self.state["row"], self.state["query"]
-        scale = float(row.max()) or 1.0
+        levels = (8 * row / (float(row.max()) or 1.0)).round().int().tolist()  # 9 shades: unchanged ones send nothing
         cmap = plt.get_cmap("Blues")
         for j, button in enumerate(self.buttons):
-            button.style.button_color = mc.to_hex(cmap(0.05 + 0.9 * float(row[j]) / scale))
+            button.style.button_color = mc.to_hex(cmap(0.05 + 0.9 * levels[j] / 8))
             button.layout.border = "2px solid red" if j == q else "1px solid #eee"
-            button.tooltip = self._tooltip(j)
+            button.tooltip = self._tooltip(j)  # changes with the layer and head only
 
     def byte_panel(self):
         """The source as one button per byte, lines as rows; clicking a byte makes it the query."""
