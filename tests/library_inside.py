@@ -100,7 +100,8 @@ def bracket_per_kind_stacks(attn, ids):
 
 def bracket_nearest_opener(attn, ids):
     text = bytes(ids.tolist()).decode()
-    pairs = [(i, text.rfind(CLOSERS[ch], 0, i)) for i, ch in enumerate(text) if ch in CLOSERS and CLOSERS[ch] in text[:i]]
+    pairs = [(i, text.rfind(CLOSERS[ch], 0, i)) for i, ch in enumerate(text)
+             if ch in CLOSERS and CLOSERS[ch] in text[:i]]
     return _pick(attn, pairs)
 
 

@@ -38,7 +38,8 @@ def loop_bracket_score(w, text):
     pairs = loop_pairs(text)
     lead = w.shape[:-2]
     out = torch.zeros(lead, dtype=torch.float64)
-    for index in torch.cartesian_prod(*[torch.arange(n) for n in lead]).reshape(-1, len(lead)).tolist() if lead else [[]]:
+    indices = torch.cartesian_prod(*[torch.arange(n) for n in lead]).reshape(-1, len(lead)).tolist() if lead else [[]]
+    for index in indices:
         total = 0.0
         for c, o in pairs:
             total += float(w[tuple(index) + (c, o)])
@@ -166,7 +167,8 @@ def test_head_view_state_follows_layer_head_and_query():
     assert e.updates == 3 and torch.equal(e.state["weights"], attn[1, 2])
     q = e.state["query"]
     best = int(attn[1, 2, q].argmax())
-    assert e.state["top"][0][0] == best and abs(sum(w for _, w in e.state["top"]) - float(attn[1, 2, q].topk(3).values.sum())) < 1e-6
+    assert e.state["top"][0][0] == best
+    assert abs(sum(w for _, w in e.state["top"]) - float(attn[1, 2, q].topk(3).values.sum())) < 1e-6
 
 
 def test_head_view_clicking_a_byte_makes_it_the_query():
