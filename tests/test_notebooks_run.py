@@ -35,7 +35,8 @@ def test_no_shell_magics_anywhere():
 PREDICT = "**Predict, then run.**"
 # Issue 18 adds the prompts notebook by notebook; the rest join this set as theirs land.
 PREDICT_READY = {"00_welcome", "01_dot_products", "02_softmax", "03_attention", "04_masking", "05_multi_head",
-                 "06_positions", "07_tiny_transformer", "08_inference", "12_flex_attention", "13_ring_attention"}
+                 "06_positions", "07_tiny_transformer", "08_inference", "12_flex_attention", "13_ring_attention",
+                 "14_todays_llms", "15_beyond_softmax"}
 PREDICT_READY.add("07d_inside_a_model")
 
 
