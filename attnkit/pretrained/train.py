@@ -55,6 +55,18 @@ def parse_args(argv=None):
     p.add_argument("--min-lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--copy-frac", type=float, default=0.0,
+                   help="share of each batch's rows that get a copy of an earlier stretch of themselves inserted")
+    p.add_argument("--copy-from-step", type=int, default=0, help="insert copies from this step on")
+    p.add_argument("--copy-len", type=int, nargs=2, default=(8, 96), metavar=("MIN", "MAX"),
+                   help="length range of an inserted copy, in bytes")
+    p.add_argument("--repeat-rows", type=int, default=0,
+                   help="rows per batch whose tail is a random name-like string repeated (see insert_repeats)")
+    p.add_argument("--repeat-period", type=int, nargs=2, default=(8, 40), metavar=("MIN", "MAX"))
+    p.add_argument("--repeat-rows-later", type=int, nargs=2, default=None, metavar=("STEP", "ROWS"),
+                   help="from STEP on, ROWS rows per batch instead of --repeat-rows")
+    p.add_argument("--init", choices=("gpt2", "torch"), default="gpt2",
+                   help="initialisation (ByteLM.reset_parameters); the shipped model used gpt2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -76,6 +88,47 @@ def lr_at(step: int, args) -> float:
         return args.lr * (step + 1) / args.warmup
     t = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def insert_copies(window: torch.Tensor, rows: int, lengths: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Copy augmentation: in each of the first ``rows`` rows of ``window (B, ctx + 1)``, cut at
+    a random point ``r`` and insert a copy of an earlier stretch ``[a, a + L)`` of the same row
+    (``a + L <= r``), then let the row go on from ``r``; the row keeps its length.
+
+    Real code repeats itself (names, calls, whole lines), but at a few million bytes of
+    training a four-layer model had not learnt to copy from its context; rows that repeat a
+    stretch of real source make the copying (induction) heads of Olsson et al. 2022 pay off early.
+    """
+    window = window.clone()
+    n = window.shape[1]
+    lo, hi = lengths
+    for i in range(rows):
+        L = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        r = int(torch.randint(L, n - 16, (1,), generator=gen))
+        a = int(torch.randint(0, r - L + 1, (1,), generator=gen))
+        row = window[i]
+        window[i] = torch.cat((row[:r], row[a:a + L], row[r:]))[:n]
+    return window
+
+
+NAME_BYTES = torch.tensor(list(b"abcdefghijklmnopqrstuvwxyz_"))
+
+
+def insert_repeats(window: torch.Tensor, rows: int, periods: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Induction rows: the last ``rows`` rows of ``window (B, ctx + 1)`` keep their real start
+    up to a random cut in the first half, then a random string of ``P`` name characters
+    (``a-z``, ``_``) repeated to the end, ``P`` drawn from ``periods``. Nothing but the string's earlier copy predicts
+    it, so these rows pay only for copying from context (the toy task of notebook 06, here
+    mixed into real source)."""
+    window = window.clone()
+    B, n = window.shape
+    lo, hi = periods
+    for i in range(B - rows, B):
+        P = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        r = int(torch.randint(0, n // 2, (1,), generator=gen))
+        string = NAME_BYTES[torch.randint(len(NAME_BYTES), (P,), generator=gen)]
+        window[i] = torch.cat((window[i, :r], string.repeat(n // P + 1)))[:n]
+    return window
 
 
 @torch.no_grad()
@@ -114,6 +167,9 @@ def save_weights(model: ByteLM, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.copy_frac and not 1 <= args.copy_len[0] <= args.copy_len[1] < args.ctx - 16:
+        raise ValueError(f"--copy-len {args.copy_len[0]} {args.copy_len[1]} must satisfy "
+                         f"1 <= MIN <= MAX < ctx - 16 = {args.ctx - 16}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -132,6 +188,8 @@ def main(argv=None) -> dict:
     cfg = ByteLMConfig(n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model,
                        max_len=args.ctx, d_mlp=args.d_mlp or 4 * args.d_model)
     model = ByteLM(cfg)
+    if args.init != "gpt2":
+        model.reset_parameters(args.init)  # no extra draws for gpt2: the shipped run stays reproducible
     decay = [p for p in model.parameters() if p.ndim == 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -166,7 +224,8 @@ def main(argv=None) -> dict:
     def checkpoint():
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "curve": curve, "step": step,
-                    "elapsed": elapsed}, ckpt_path)
+                    "elapsed": elapsed}, ckpt_path.with_name(ckpt_path.name + ".tmp"))
+        ckpt_path.with_name(ckpt_path.name + ".tmp").replace(ckpt_path)  # a kill mid-write keeps the last one
 
     model.train()
     t0 = time.perf_counter() - elapsed
@@ -177,6 +236,13 @@ def main(argv=None) -> dict:
                 group["lr"] = lr
             starts = torch.randint(0, len(tokens) - args.ctx - 1, (args.batch,), generator=gen)
             window = torch.stack([tokens[s:s + args.ctx + 1] for s in starts.tolist()])  # (B, ctx + 1)
+            if args.copy_frac and step >= args.copy_from_step:  # no draws before: earlier steps are unchanged
+                window = insert_copies(window, round(args.copy_frac * args.batch), tuple(args.copy_len), gen)
+            repeat_rows = args.repeat_rows
+            if args.repeat_rows_later and step >= args.repeat_rows_later[0]:
+                repeat_rows = args.repeat_rows_later[1]
+            if repeat_rows:
+                window = insert_repeats(window, repeat_rows, tuple(args.repeat_period), gen)
             logits = model(window[:, :-1])  # (B, ctx, 256)
             loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())  # mean nats per byte
             opt.zero_grad(set_to_none=True)
@@ -245,6 +311,15 @@ def main(argv=None) -> dict:
         "held_out_bits_per_byte": round(model_bpb, 4),
         "bigram_bits_per_byte": round(bigram_bpb, 4),
         "eval_time_s": round(eval_time, 1),
+        "copy_augmentation": (f"from step {args.copy_from_step}, {round(args.copy_frac * args.batch)} of "
+                              f"{args.batch} rows per batch get a copy of an earlier stretch of "
+                              f"{args.copy_len[0]}-{args.copy_len[1]} bytes of themselves inserted"
+                              if args.copy_frac else None),
+        "repeat_rows": (f"{args.repeat_rows} of {args.batch} rows per batch end in a random name-like "
+                        f"string of period {args.repeat_period[0]}-{args.repeat_period[1]} repeated"
+                        + (f"; {args.repeat_rows_later[1]} rows from step {args.repeat_rows_later[0]}"
+                           if args.repeat_rows_later else "")
+                        if args.repeat_rows else None),
         "eval_method": f"windows of {cfg.max_len} bytes every {max(1, min(cfg.max_len, len(final_eval) - 1) // 2)}; "
                        "each byte after the first scored once; bigram add-one smoothed, counted on the "
                        "training bytes, scored on the same bytes",
