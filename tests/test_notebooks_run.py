@@ -34,15 +34,11 @@ def test_no_shell_magics_anywhere():
 
 PREDICT = "**Predict, then run.**"
 # Issue 18 adds the prompts notebook by notebook; the rest join this set as theirs land.
-PREDICT_READY = {"00_welcome", "01_dot_products", "02_softmax", "03_attention", "04_masking", "05_multi_head",
-                 "06_positions", "07_tiny_transformer", "08_inference", "12_flex_attention", "13_ring_attention",
-                 "14_todays_llms", "15_beyond_softmax"}
-PREDICT_READY.add("07d_inside_a_model")
 
 
 def test_every_notebook_asks_for_predictions_before_experiments():
     """At least two ungraded "Predict, then run." prompts, each right before the code cell it is about."""
-    for name in [n for n in SOURCES if n in PREDICT_READY]:
+    for name in SOURCES:
         cells = nbformat.read(SOURCES[name], as_version=4).cells
         prompts = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith(PREDICT)]
         assert len(prompts) >= 2, f"{name}: {len(prompts)} '{PREDICT}' prompts, want at least 2"
