@@ -19,7 +19,6 @@ must read source position L - 1 - i, so a trained model's alignment is an anti-d
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from .attention import scaled_dot_product_attention
 from .heads import merge_heads, split_heads
 from .mha import MultiHeadAttention
 from .model import MLP
+from .train import fit
 
 # Token ids of the reversal task: padding, start and end of the output, then the digits 0-9.
 PAD, BOS, EOS = 0, 1, 2
@@ -302,34 +302,18 @@ def train(model: EncoderDecoder, *, steps: int = 1200, batch: int = 64, lr: floa
 
     Returns the loss of every step; stops early (and says so) when ``time_budget`` seconds run out.
     """
-    from tqdm.auto import tqdm
-
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
-    for step in bar:
+
+    def batch_loss():
         src, tgt = reversal_batch(batch, lengths, generator=g, exclude=exclude)
-        loss = sequence_loss(model, src, tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if time_budget is not None and time.perf_counter() - start > time_budget:
-            bar.write(f"time budget of {time_budget:.0f} s reached after {step + 1} steps")
-            break
-    model.eval()
-    return losses
+        return sequence_loss(model, src, tgt)
+
+    return fit(model, opt, schedule, steps, batch_loss, progress=progress, time_budget=time_budget, every=25)
 
 
 @torch.no_grad()

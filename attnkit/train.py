@@ -84,13 +84,13 @@ def train_model(model: torch.nn.Module, batches, eval_tokens: torch.Tensor, *, s
     if not (lr > 0 and clip > 0 and weight_decay >= 0):
         raise ValueError(f"need lr > 0, clip > 0 and weight_decay >= 0, got lr={lr}, clip={clip}, "
                          f"weight_decay={weight_decay}")
+    from tqdm.auto import tqdm
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     history = {"train_loss": [], "lr": [], "eval_loss": [(0, evaluate(model, eval_tokens))]}
     model.train()
     batches = iter(batches)
-    from tqdm.auto import tqdm
-
     bar = tqdm(range(steps), desc="training", disable=not progress)
     for step in bar:
         tokens = next(batches, None)
@@ -120,7 +120,6 @@ def train(model: TinyDecoder, *, steps: int = 600, batch: int = 32, length: int 
 
     Stops early (and says so) if ``time_budget`` seconds run out.
     """
-    from tqdm.auto import tqdm
 
     cfg = model.cfg
     length = length or cfg.max_len
@@ -130,26 +129,12 @@ def train(model: TinyDecoder, *, steps: int = 600, batch: int = 32, length: int 
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
-    for step in bar:
+
+    def batch_loss():
         tokens, _ = repeated_sequences(batch, length, cfg.vocab_size, period=period, generator=g)
-        loss = next_token_loss(model, tokens)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if time_budget is not None and time.perf_counter() - start > time_budget:
-            bar.write(f"time budget of {time_budget:.0f} s reached after {step + 1} steps")
-            break
-    model.eval()
-    return losses
+        return next_token_loss(model, tokens)
+
+    return fit(model, opt, schedule, steps, batch_loss, progress=progress, time_budget=time_budget, every=20)
 
 
 def tiny_model(seed: int = 0, **overrides) -> TinyDecoder:
@@ -158,3 +143,32 @@ def tiny_model(seed: int = 0, **overrides) -> TinyDecoder:
     cfg = dict(vocab_size=32, d_model=64, n_heads=4, n_layers=2, max_len=96, positions="rope")
     cfg.update(overrides)
     return TinyDecoder(DecoderConfig(**cfg))
+
+
+def fit(model, opt, schedule, steps: int, batch_loss, progress: bool = True, time_budget: float | None = None,
+        every: int = 25) -> list[float]:
+    """The course's small training loop: ``steps`` updates of ``batch_loss()`` (a fresh batch's
+    loss each call) with gradients clipped to norm 1 and ``schedule`` stepped after each update;
+    stops early (and says so) when ``time_budget`` seconds run out. The model is left in eval
+    mode. Returns the loss of every update."""
+    from tqdm.auto import tqdm
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(range(steps), desc="training", disable=not progress)
+    for step in bar:
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % every == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if time_budget is not None and time.perf_counter() - start > time_budget:
+            bar.write(f"time budget of {time_budget:.0f} s reached after {step + 1} steps")
+            break
+    model.eval()
+    return losses

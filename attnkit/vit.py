@@ -22,7 +22,6 @@ plus signs at random positions and sizes, in noise.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from torch import nn
 from . import _validate as chk
 from .mha import MultiHeadAttention
 from .model import MLP
+from .train import fit
 
 CLASSES = ("square", "circle", "triangle", "plus")
 
@@ -210,34 +210,18 @@ def train(model: ViT, *, steps: int = 500, batch: int = 64, lr: float = 2e-3, no
 
     Stops early (and says so) when ``time_budget`` seconds run out.
     """
-    from tqdm.auto import tqdm
-
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
-    for step in bar:
+
+    def batch_loss():
         images, labels = shapes(batch, model.cfg.image_size, noise=noise, generator=g)
-        loss = F.cross_entropy(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if time_budget is not None and time.perf_counter() - start > time_budget:
-            bar.write(f"time budget of {time_budget:.0f} s reached after {step + 1} steps")
-            break
-    model.eval()
-    return losses
+        return F.cross_entropy(model(images), labels)
+
+    return fit(model, opt, schedule, steps, batch_loss, progress=progress, time_budget=time_budget, every=25)
 
 
 @torch.no_grad()
