@@ -160,7 +160,8 @@ def evaluate_score_mod(score_mod, scores: torch.Tensor) -> torch.Tensor:
     fn = torch.vmap(fn, in_dims=(0, None, None, 0, None))  # over queries
     fn = torch.vmap(fn, in_dims=(0, None, 0, None, None))  # over heads
     fn = torch.vmap(fn, in_dims=(0, 0, None, None, None))  # over the batch
-    return fn(scores, torch.arange(B), torch.arange(H), torch.arange(Nq), torch.arange(Nk))  # (B, H, Nq, Nk)
+    dev = scores.device  # the indices live with the scores, as in flex_attention (a mod may mix them)
+    return fn(scores, *(torch.arange(n, device=dev) for n in (B, H, Nq, Nk)))  # (B, H, Nq, Nk)
 
 
 def attend_with_mask_mod(mask_mod, q, k, v, block_size: int = 128, compiled: bool | None = False):

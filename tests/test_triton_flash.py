@@ -144,13 +144,15 @@ def test_backward_matches_autograd_of_float64_attention(g, B, H, Nq, Nk, d, caus
              for t in (q, k, v)]
     s = plain[0] @ plain[1].transpose(-2, -1) / math.sqrt(d)
     if causal:
-        s = s.masked_fill(torch.arange(Nk)[None, :] > torch.arange(Nq)[:, None] + Nk - Nq, float("-inf"))
+        dev = s.device
+        s = s.masked_fill(torch.arange(Nk, device=dev)[None, :] > torch.arange(Nq, device=dev)[:, None] + Nk - Nq,
+                          float("-inf"))
     p = torch.softmax(s, -1).nan_to_num(0.0)
     (p.to(dtype) @ plain[2].to(dtype)).backward(d_out)
     for name, leaf, ref, pl in zip("qkv", leaves, want, plain):
         assert leaf.grad.dtype == dtype and leaf.grad.shape == leaf.shape
-        err = (leaf.grad.double() - ref).abs().max().item()
-        plain_err = (pl.grad.to(dtype).double() - ref).abs().max().item()
+        err = (leaf.grad.double().cpu() - ref).abs().max().item()
+        plain_err = (pl.grad.to(dtype).double().cpu() - ref).abs().max().item()
         assert err <= 4 * plain_err + 8 * torch.finfo(dtype).eps * ref.abs().max().item(), (name, err, plain_err)
 
 
@@ -162,7 +164,7 @@ def test_function_takes_any_leading_dims_and_saves_lse(g):
     out.sum().backward()
     want = _naive_grads(q, k, v, torch.ones_like(out), True)
     for leaf, ref in zip((q, k, v), want):
-        torch.testing.assert_close(leaf.grad.double(), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(leaf.grad.double().cpu(), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_fully_masked_rows_have_zero_gradients(g):
