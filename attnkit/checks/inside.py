@@ -41,6 +41,20 @@ def _mean_at(w, queries, keys):
     return w[..., q, k].mean(-1)
 
 
+def _run_cases(c: Checker, g, cases, reference, mistakes) -> None:
+    """One checker case per ``(leading axes, text)``: random causal weights over the text's bytes
+    (the last case in float64), the learner's score against ``reference``, the known
+    ``mistakes(w, ids)`` named."""
+    for n, (lead, text) in enumerate(cases):
+        ids = _ids(text)
+        w = _attn(g, lead, len(ids), torch.float64 if n == len(cases) - 1 else torch.float32)
+        label = f"attn {tuple(w.shape)} {str(w.dtype)[6:]}, ids of {text!r}"
+        with c.case(label):
+            got = c.call(label, w, ids, if_raises=_LEADING if len(lead) != 1 else "")
+            c.expect(label, got, reference(w.double(), ids), what="scores", tol=dict(rtol=1e-5, atol=1e-6),
+                     wrong=mistakes(w.double(), ids))
+
+
 _LEADING = ("attn may have any number of leading axes ((T, T), (H, T, T), (L, H, T, T)): index the last two with "
             "attn[..., i, j] and average over the last axis")
 
@@ -142,21 +156,15 @@ def check_bracket_match_score(fn) -> str:
     c = Checker("bracket_match_score", fn,
                 Ban(python=(code_heads.bracket_match_score, code_heads.bracket_pairs),
                     hint="Pair the brackets yourself with a stack, then index attn."))
-    g = gen(1707)
-    cases = [((4,), _BRACKETS[0]), ((2, 3), _BRACKETS[1]), ((3,), _BRACKETS[2]), ((), _BRACKETS[3]),
-             ((2, 2, 2), _BRACKETS[4]), ((5,), _BRACKETS[1])]
-    for n, (lead, text) in enumerate(cases):
-        ids = _ids(text)
-        w = _attn(g, lead, len(ids), torch.float64 if n == len(cases) - 1 else torch.float32)
-        label = f"attn {tuple(w.shape)} {str(w.dtype)[6:]}, ids of {text!r}"
-        with c.case(label):
-            got = c.call(label, w, ids, if_raises=_LEADING if len(lead) != 1 else "")
-            want = code_heads.bracket_match_score(w.double(), ids)
-            c.expect(label, got, want, what="scores", tol=dict(rtol=1e-5, atol=1e-6),
-                     wrong=_bracket_mistakes(w.double(), ids) + [
-                         (w.double()[..., torch.tensor([p[0] for p in code_heads.bracket_pairs(ids)]),
-                                     torch.tensor([p[1] for p in code_heads.bracket_pairs(ids)])],
-                          "average over the pairs: one score per head, shape attn.shape[:-2]")])
+    def mistakes(w, ids):
+        pairs = code_heads.bracket_pairs(ids)
+        per_pair = w[..., torch.tensor([q for q, _ in pairs]), torch.tensor([k for _, k in pairs])]
+        return _bracket_mistakes(w, ids) + [(per_pair, "average over the pairs: one score per head, shape "
+                                                       "attn.shape[:-2]")]
+
+    _run_cases(c, gen(1707), [((4,), _BRACKETS[0]), ((2, 3), _BRACKETS[1]), ((3,), _BRACKETS[2]),
+                              ((), _BRACKETS[3]), ((2, 2, 2), _BRACKETS[4]), ((5,), _BRACKETS[1])],
+               code_heads.bracket_match_score, mistakes)
     return c.passed("nested, interleaved and stray brackets of all three kinds; 0 to 3 leading axes")
 
 
@@ -243,18 +251,9 @@ def check_indentation_score(fn) -> str:
     c = Checker("indentation_score", fn,
                 Ban(python=(code_heads.indentation_score, code_heads.indentation_spans),
                     hint="Find the lines and their indentation yourself, then index attn."))
-    g = gen(1708)
-    cases = [((3,), _INDENTS[0]), ((2, 2), _INDENTS[1]), ((4,), _INDENTS[2]), ((), _INDENTS[3]),
-             ((2, 1, 3), _INDENTS[1]), ((2,), _INDENTS[3])]
-    for n, (lead, text) in enumerate(cases):
-        ids = _ids(text)
-        w = _attn(g, lead, len(ids), torch.float64 if n == len(cases) - 1 else torch.float32)
-        label = f"attn {tuple(w.shape)} {str(w.dtype)[6:]}, ids of {text!r}"
-        with c.case(label):
-            got = c.call(label, w, ids, if_raises=_LEADING if len(lead) != 1 else "")
-            want = code_heads.indentation_score(w.double(), ids)
-            c.expect(label, got, want, what="scores", tol=dict(rtol=1e-5, atol=1e-6),
-                     wrong=_indent_mistakes(w.double(), ids))
+    _run_cases(c, gen(1708), [((3,), _INDENTS[0]), ((2, 2), _INDENTS[1]), ((4,), _INDENTS[2]),
+                              ((), _INDENTS[3]), ((2, 1, 3), _INDENTS[1]), ((2,), _INDENTS[3])],
+               code_heads.indentation_score, _indent_mistakes)
     return c.passed("blank and whitespace-only lines, dedents, deeper and shallower lines; 0 to 3 leading axes")
 
 
