@@ -476,8 +476,6 @@ def book_config() -> dict:
         "execute": {"execute_notebooks": "off"},  # executed by site/build.py, keyed and cached
         "parse": {
             "myst_enable_extensions": ["amsmath", "colon_fence", "dollarmath", "substitution", "tasklist"],
-            "myst_dmath_double_inline": True,
-            "myst_heading_anchors": 3,
             "myst_url_schemes": ["mailto", "http", "https"],
         },
         "html": {
@@ -497,6 +495,9 @@ def book_config() -> dict:
             "recursive_update": True,
             "config": {
                 "html_math_renderer": "attn_katex",  # site/_ext/attn_site.py: KaTeX from _static
+                # (Jupyter Book passes only some of parse:'s keys on; these go to Sphinx directly)
+                "myst_dmath_double_inline": True,  # $$...$$ inside a paragraph, as Jupyter renders it
+                "myst_heading_anchors": 3,
                 "nb_ipywidgets_js": {},  # never the widget manager from a CDN
                 # a widget view (a tqdm bar) shows its text fallback; the still figure is already there
                 "nb_mime_priority_overrides": [["html", "application/vnd.jupyter.widget-view+json", None],
@@ -611,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="notebooks executed at a time (default 2, or $ATTN_SITE_JOBS)")
     ap.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
     ap.add_argument("--fresh", action="store_true", help="forget the executed notebooks and the built site first")
-    ap.add_argument("--strict", action="store_true", help="Sphinx warnings fail the build")
+    ap.add_argument("--lenient", action="store_true",
+                    help="Sphinx warnings (a broken cross-reference, a bad directive) do not fail the build")
     args = ap.parse_args(argv)
 
     t0 = time.monotonic()
@@ -626,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp_path = HTML / STAMP_NAME
     stamp_path.unlink(missing_ok=True)  # no stamp while the site is half built
     log("build: Jupyter Book (Sphinx) into " + str(HTML.relative_to(REPO)))
-    build_html(args.strict)
+    build_html(strict=not args.lenient)
     t2 = time.monotonic()
     problems = audit(names, staged["pages"])
     if problems:

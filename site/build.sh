@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the course website: bash site/build.sh [--jobs N] [--fresh] [--strict]
+# Build the course website: bash site/build.sh [--jobs N] [--fresh] [--lenient]
 # Output: site/_build/html (serve it offline: python -m http.server -d site/_build/html 8000).
 # Every solution notebook is executed (cached by content in site/_build/executed); see site/build.py.
 set -euo pipefail
