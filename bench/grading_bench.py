@@ -28,6 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grader import autograde, course, grade, release, sandbox  # noqa: E402
+from grader.cluster import LocalCluster  # noqa: E402
 from grader import notebooks as nbs  # noqa: E402
 
 
@@ -86,41 +87,22 @@ def time_nbgrader(subs, assignment: str, root: pathlib.Path) -> float:
     return seconds
 
 
-def local_cluster(root: pathlib.Path, workers: int) -> tuple[str, list]:
-    """A Dask scheduler and ``workers`` one-thread workers on 127.0.0.1, as an instructor starts them."""
-    file = root / "scheduler.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
-                               "0", "--no-dashboard", "--scheduler-file", str(file)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-    while not file.exists():
-        time.sleep(0.1)
-    for i in range(workers):
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(file),
-                                       "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-    from distributed import Client
-    with Client(scheduler_file=str(file), timeout=60, set_as_default=False) as client:
-        client.wait_for_workers(workers, timeout=120)
-    return str(file), procs
-
-
 def compare_cluster(args, root: pathlib.Path) -> int:
-    import signal
     subs = make_submissions(root, args.assignment, args.students)
-    procs = []
+    local = None
     address = args.scheduler
     try:
-        if address == "local":
-            address, procs = local_cluster(root, args.workers)
+        if address == "local":  # as an instructor starts them: one-thread workers, each with its nanny
+            local = LocalCluster(root / "dask")
+            for i in range(args.workers):
+                local.add_worker(f"w{i}")
+            local.wait_for(args.workers)
+            address = local.address
         ours = time_ours(subs, args.assignment, root, args.jobs)
         remote = time_ours(subs, args.assignment, root, args.jobs, scheduler=address, name="cluster")
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if local is not None:
+            local.close()
         shutil.rmtree(root, ignore_errors=True)
     where = f"{args.workers} one-thread Dask workers on this machine" if args.scheduler == "local" else args.scheduler
     n = args.students

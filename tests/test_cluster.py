@@ -4,8 +4,6 @@
 import csv
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,59 +17,9 @@ distributed = pytest.importorskip("distributed")
 
 TESTS = pathlib.Path(__file__).resolve().parent
 LIMITS = grade.Limits(cell_timeout=60, notebook_timeout=240)
+ENV = dict(os.environ, OMP_NUM_THREADS="1",
+           PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 SLOW = "import time\ntime.sleep(25)\n"  # a cell that keeps its student's task running for a while
-
-
-class Cluster:
-    """A scheduler and named workers, each in a session of its own (killed with its group)."""
-
-    def __init__(self, root: pathlib.Path):
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.file = root / "scheduler.json"
-        self.env = dict(os.environ, OMP_NUM_THREADS="1",
-                        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        self.workers: dict[str, subprocess.Popen] = {}
-        self.scheduler = self._start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                      "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)], "scheduler")
-        end = time.monotonic() + 60
-        while not self.file.exists():
-            assert time.monotonic() < end and self.scheduler.poll() is None, self._log("scheduler")
-            time.sleep(0.1)
-        self.address = str(self.file)
-
-    def _start(self, cmd, name, env=None):
-        log = open(self.root / f"{name}.log", "wb")
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or self.env, start_new_session=True)
-
-    def _log(self, name) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")[-2000:]
-
-    def add_worker(self, name: str, env=None) -> None:
-        self.workers[name] = self._start([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                          str(self.file), "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                                          "--name", name, "--death-timeout", "60"], name, env)
-
-    def client(self):
-        return distributed.Client(scheduler_file=str(self.file), timeout=30, set_as_default=False)
-
-    def wait_for(self, n: int) -> None:
-        with self.client() as c:
-            end = time.monotonic() + 90
-            while len(c.scheduler_info()["workers"]) < n:
-                assert time.monotonic() < end, "workers did not join: " + " | ".join(map(self._log, self.workers))
-                time.sleep(0.2)
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-    def close(self) -> None:
-        for proc in [*self.workers.values(), self.scheduler]:
-            self.kill(proc)
 
 
 @pytest.fixture
@@ -79,10 +27,10 @@ def make_cluster(tmp_path):
     made = []
 
     def make(workers=2, **envs):
-        c = Cluster(tmp_path / f"cluster{len(made)}")
+        c = cluster.LocalCluster(tmp_path / f"cluster{len(made)}", env=ENV)
         made.append(c)
         for i in range(workers):
-            c.add_worker(f"w{i}", envs.get(f"w{i}"))
+            c.add_worker(f"w{i}", envs.get(f"w{i}"), nanny=False)
         c.wait_for(workers)
         return c
     yield make
@@ -152,7 +100,7 @@ def _grade_in_thread(subs, out, settings):
     return t, box
 
 
-def _worker_running(c: Cluster, client, student: str, timeout=120) -> str:
+def _worker_running(c: cluster.LocalCluster, client, student: str, timeout=120) -> str:
     """The name of the worker running ``student``'s task, once it runs."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
