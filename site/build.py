@@ -40,11 +40,11 @@ import hashlib
 import html.parser
 import importlib.metadata
 import json
-import multiprocessing
 import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,8 +130,8 @@ def library_fingerprint() -> str:
     return h.hexdigest()
 
 
-def notebook_key(name: str, fingerprint: str) -> str:
-    return hashlib.sha256(fingerprint.encode() + (SOLUTIONS / f"{name}.ipynb").read_bytes()).hexdigest()
+def notebook_key(name: str, fingerprint: str, solutions: pathlib.Path = SOLUTIONS) -> str:
+    return hashlib.sha256(fingerprint.encode() + (solutions / f"{name}.ipynb").read_bytes()).hexdigest()
 
 
 def cached_key(path: pathlib.Path) -> str | None:
@@ -149,9 +149,26 @@ def _first_error(nb) -> str | None:
     return None
 
 
-def execute_one(name: str, key: str, timeout: int) -> tuple[str, bool, float, str]:
-    """Run solutions/NAME.ipynb top to bottom in a fresh kernel (in this worker process, whose
-    environment the kernel inherits); write site/_build/executed/NAME.ipynb on success."""
+def _slowest(nb) -> list:
+    """[cell id, seconds] of the cell that took longest (nbclient's timing metadata)."""
+    from datetime import datetime
+    best = ["", 0.0]
+    for cell in nb.cells:
+        t = cell.get("metadata", {}).get("execution", {})
+        try:
+            took = (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+        except (KeyError, ValueError):
+            continue
+        if took > best[1]:
+            best = [cell.get("id", "?"), round(took, 1)]
+    return best
+
+
+def execute_one(name: str, key: str, timeout: int, solutions: pathlib.Path, executed: pathlib.Path) -> dict:
+    """Run SOLUTIONS/NAME.ipynb top to bottom in a fresh kernel, which inherits this process's
+    environment (set here: this runs in a worker process of its own, ``--execute-one``); write
+    EXECUTED/NAME.ipynb on success, EXECUTED/NAME.failed.ipynb otherwise."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -161,20 +178,24 @@ def execute_one(name: str, key: str, timeout: int) -> tuple[str, bool, float, st
         os.environ.pop(var, None)
     # the kernel imports this checkout's attnkit, as the test suite's kernels do
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    nb = nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(solutions / f"{name}.ipynb", as_version=4)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f"attn-site-{name}-"))
+    running = {}  # the cell being executed, for a timeout's message
+
+    def started(cell, cell_index, **_):
+        running.update(index=cell_index, id=cell.get("id", "?"))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
-                            record_timing=False, resources={"metadata": {"path": str(work)}})
+                            record_timing=True, resources={"metadata": {"path": str(work)}},
+                            on_cell_execute=started)
     error = None
     t0 = time.monotonic()
-    EXECUTED.mkdir(parents=True, exist_ok=True)
-    kernel_log = open(EXECUTED / f"{name}.kernel.log", "wb")  # the kernel's own stderr (not cell output)
+    executed.mkdir(parents=True, exist_ok=True)
+    kernel_log = open(executed / f"{name}.kernel.log", "wb")  # the kernel's own stderr (not cell output)
     try:
         client.execute(stderr=kernel_log, stdout=kernel_log)
     except CellTimeoutError as exc:
-        running = next((f"cell {i} ({c.get('id', '?')})" for i, c in enumerate(nb.cells)
-                        if c.cell_type == "code" and c.get("execution_count") is None and c.source.strip()), "a cell")
-        error = f"{running} ran past {timeout} s: {str(exc).splitlines()[0]}"
+        where = f"cell {running['index']} ({running['id']})" if running else "a cell"
+        error = f"{where} ran past {timeout} s: {str(exc).splitlines()[0]}"
     except DeadKernelError as exc:
         error = f"the kernel died: {exc}"
     except Exception as exc:  # CellExecutionError and anything else nbclient raises
@@ -182,31 +203,49 @@ def execute_one(name: str, key: str, timeout: int) -> tuple[str, bool, float, st
     finally:
         kernel_log.close()
         shutil.rmtree(work, ignore_errors=True)
-    seconds = time.monotonic() - t0
+    seconds = round(time.monotonic() - t0, 1)
     error = error or _first_error(nb)
     if error:
-        nbformat.write(nb, EXECUTED / f"{name}.failed.ipynb")
-        return name, False, seconds, error
-    (EXECUTED / f"{name}.failed.ipynb").unlink(missing_ok=True)
-    nb.metadata["attn_site"] = {"key": key, "seconds": round(seconds, 1)}
-    tmp = EXECUTED / f".{name}.ipynb.tmp"
+        nbformat.write(nb, executed / f"{name}.failed.ipynb")
+        return {"name": name, "ok": False, "seconds": seconds, "error": error}
+    (executed / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    nb.metadata["attn_site"] = {"key": key, "seconds": seconds, "slowest": _slowest(nb)}
+    tmp = executed / f".{name}.ipynb.tmp"
     nbformat.write(nb, tmp)
-    os.replace(tmp, EXECUTED / f"{name}.ipynb")
-    return name, True, seconds, ""
+    os.replace(tmp, executed / f"{name}.ipynb")
+    return {"name": name, "ok": True, "seconds": seconds, "error": "", "slowest": nb.metadata["attn_site"]["slowest"]}
 
 
-def execute_all(names: list[str], jobs: int, timeout: int) -> dict[str, dict]:
-    """Execute the notebooks whose key changed; {name: {"key", "seconds", "cached"}}. Exits 1
-    naming every notebook that failed."""
+RESULT = "attn-site-result: "
+
+
+def run_one(name: str, key: str, timeout: int, solutions: pathlib.Path, executed: pathlib.Path) -> dict:
+    """execute_one in a worker process of its own (a fresh environment for each kernel)."""
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--execute-one", name, "--key", key,
+           "--timeout", str(timeout), "--solutions", str(solutions), "--executed", str(executed)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    return {"name": name, "ok": False, "seconds": round(time.monotonic() - t0, 1),
+            "error": f"the worker exited with {proc.returncode}: " + " | ".join(tail)}
+
+
+def execute_all(names: list[str], jobs: int, timeout: int, solutions: pathlib.Path = SOLUTIONS,
+                executed: pathlib.Path = EXECUTED) -> dict[str, dict]:
+    """Execute the notebooks whose key changed, ``jobs`` at a time; {name: {"key", "cached",
+    ...}}. Exits 1 naming every notebook that failed (the others are kept for the next build)."""
     fingerprint = library_fingerprint()
-    keys = {n: notebook_key(n, fingerprint) for n in names}
-    done = {n: {"key": keys[n], "cached": True} for n in names if cached_key(EXECUTED / f"{n}.ipynb") == keys[n]}
+    keys = {n: notebook_key(n, fingerprint, solutions) for n in names}
+    done = {n: {"key": keys[n], "cached": True} for n in names if cached_key(executed / f"{n}.ipynb") == keys[n]}
     todo = [n for n in names if n not in done]
-    # the longest first (their last time, where known), so two workers finish together
+    # the longest first (their last time, where known), so that the workers finish together
     last = {}
     for n in todo:
         try:
-            last[n] = json.loads((EXECUTED / f"{n}.ipynb").read_text())["metadata"]["attn_site"]["seconds"]
+            last[n] = json.loads((executed / f"{n}.ipynb").read_text())["metadata"]["attn_site"]["seconds"]
         except (OSError, ValueError, KeyError):
             last[n] = 60.0
     todo.sort(key=lambda n: -last[n])
@@ -215,22 +254,21 @@ def execute_all(names: list[str], jobs: int, timeout: int) -> dict[str, dict]:
     failed = []
     if todo:
         t0 = time.monotonic()
-        ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(max_workers=max(1, min(jobs, len(todo))), mp_context=ctx) as pool:
-            running = [pool.submit(execute_one, n, keys[n], timeout) for n in todo]
+        with futures.ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+            running = [pool.submit(run_one, n, keys[n], timeout, solutions, executed) for n in todo]
             for fut in futures.as_completed(running):
-                name, ok, seconds, error = fut.result()
-                if ok:
-                    done[name] = {"key": keys[name], "cached": False, "seconds": round(seconds, 1)}
-                    log(f"  {name}: {seconds:.1f} s")
+                r = fut.result()
+                if r["ok"]:
+                    done[r["name"]] = {"key": keys[r["name"]], "cached": False, "seconds": r["seconds"]}
+                    cell, took = r["slowest"]
+                    log(f"  {r['name']}: {r['seconds']:.1f} s (slowest cell {cell!r}: {took:.1f} s of the {timeout} s allowed)")
                 else:
-                    failed.append((name, error))
-                    log(f"  {name}: FAILED after {seconds:.1f} s: {error}")
+                    failed.append((r["name"], r["error"]))
+                    log(f"  {r['name']}: FAILED after {r['seconds']:.1f} s: {r['error']}")
         log(f"execute: {time.monotonic() - t0:.1f} s")
     if failed:
         for name, error in sorted(failed):
-            log(f"error: notebook {name} failed: {error} "
-                f"(the executed copy: {(EXECUTED / (name + '.failed.ipynb')).relative_to(REPO)})")
+            log(f"error: notebook {name} failed: {error} (the executed copy: {executed / (name + '.failed.ipynb')})")
         sys.exit(1)
     return done
 
@@ -263,6 +301,7 @@ def github_url(path: str) -> str:
 
 
 HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n.*?^[ \t]*### END HIDDEN TESTS[^\n]*(\n|$)", re.S | re.M)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SOLUTION_MARK = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*(\n|$)", re.M)
 
 
@@ -290,6 +329,9 @@ def page_notebook(name: str, executed: pathlib.Path):
             cell.source = EXTERNAL_IMAGE.sub(lambda m: m.group(1), BADGE.sub(r"[Colab](\2)", cell.source))
         if cell.cell_type != "code":
             continue
+        # A widget view cannot render on a static page; what is left of one is the text of its
+        # first state (a progress bar at 0%). attnkit's explorers drew their still figure instead.
+        cell.outputs = [o for o in cell.get("outputs", []) if WIDGET_VIEW not in o.get("data", {})]
         if grading.get("solution"):
             cell.source = SOLUTION_MARK.sub("", cell.source).rstrip("\n")
             tags = cell.metadata.setdefault("tags", [])
@@ -360,16 +402,9 @@ def preamble(text: str) -> str:
 
 def site_markdown(text: str, here: str, names: list[str], page_of: dict[str, str]) -> str:
     """README (or docs/) markdown as a page of the site: badge images become plain links (an
-    image from another host is a request the offline page cannot make), the notebook table links
-    each row to its page, links to repository files point at the release on GitHub unless the
-    file is a page of the site. ``here``: the folder the text's links are relative to."""
-    def row(m: re.Match) -> str:
-        line = m.group(0)
-        nm = re.search(r"/notebooks/([\w-]+)\.ipynb", line)
-        if nm and nm.group(1) in names:
-            line = re.sub(r"^\|\s*([^|]+?)\s*\|", lambda c: f"| [{c.group(1)}]({nm.group(1)}.ipynb) |", line, count=1)
-        return line
-    text = re.sub(r"^\|[^\n]*colab-badge[^\n]*$", row, text, flags=re.M)
+    image from another host is a request the offline page cannot make), links to repository
+    files point at the release on GitHub unless the file is a page of the site, and the notebook
+    table links each row to its page. ``here``: the folder the text's links are relative to."""
     text = BADGE.sub(r"[Colab](\2)", text)
     text = EXTERNAL_IMAGE.sub(lambda m: m.group(1), text)
 
@@ -382,7 +417,15 @@ def site_markdown(text: str, here: str, names: list[str], page_of: dict[str, str
         if repo_path in page_of:
             return f"[{label}]({page_of[repo_path]}{'#' + anchor if anchor else ''})"
         return f"[{label}]({github_url(repo_path)}{'#' + anchor if anchor else ''})"
-    return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", link, text)
+    text = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", link, text)
+
+    def row(m: re.Match) -> str:  # after the links: these are pages, not repository files
+        line = m.group(0)
+        nm = re.search(r"/notebooks/([\w-]+)\.ipynb", line)
+        if nm and nm.group(1) in names:
+            line = re.sub(r"^\|\s*([^|]+?)\s*\|", lambda c: f"| [{c.group(1)}]({nm.group(1)}.ipynb) |", line, count=1)
+        return line
+    return re.sub(r"^\|[^\n]*colab\.research\.google\.com/[^\n]*/notebooks/[^\n]*$", row, text, flags=re.M)
 
 
 def group_of(name: str) -> str:
@@ -614,7 +657,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="forget the executed notebooks and the built site first")
     ap.add_argument("--lenient", action="store_true",
                     help="Sphinx warnings (a broken cross-reference, a bad directive) do not fail the build")
+    # the worker that site/build.py itself starts for each notebook
+    ap.add_argument("--execute-one", metavar="NAME", help=argparse.SUPPRESS)
+    ap.add_argument("--key", help=argparse.SUPPRESS)
+    ap.add_argument("--solutions", type=pathlib.Path, default=SOLUTIONS, help=argparse.SUPPRESS)
+    ap.add_argument("--executed", type=pathlib.Path, default=EXECUTED, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.execute_one:
+        result = execute_one(args.execute_one, args.key, args.timeout, args.solutions, args.executed)
+        print(RESULT + json.dumps(result), flush=True)
+        return 0
 
     t0 = time.monotonic()
     if args.fresh:
