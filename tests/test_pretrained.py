@@ -4,6 +4,7 @@ weights on held-out stdlib files, packaging, and the training script."""
 
 from __future__ import annotations
 
+import math
 import hashlib
 import json
 import socket
@@ -340,10 +341,7 @@ def test_shipped_weights_beat_the_bigram_on_held_out_files(lm):
 
 
 def test_shipped_model_has_a_previous_byte_head(lm):
-    """Some head puts most of its weight on the byte just before the query, on held-out code.
-
-    (No test asserts induction: the shipped model, measured, does not copy a repeated random
-    string; the first and second copies cost about the same, 9.1 and 8.8 bits per byte.)"""
+    """Some head puts most of its weight on the byte just before the query, on held-out code."""
     model, _ = lm
     data, _ = _held_out_slice(4 * 256)
     x = torch.from_numpy(data.astype(np.int64)).view(4, 256)
@@ -352,6 +350,43 @@ def test_shipped_model_has_a_previous_byte_head(lm):
     prev = torch.stack([a.diagonal(-1, -2, -1).mean((0, -1)) for a in attn])  # (layers, heads)
     assert prev.max() > 0.4, prev
     assert prev.median() < 0.3  # and it is a specialist, not what every head does
+
+
+def test_shipped_model_copies_a_repeated_random_string_with_an_induction_head(lm):
+    """Olsson et al.'s test: random strings repeated. Nothing but the earlier copy predicts them,
+    so a model that copies from its context pays far less for the later copies; some head looks
+    from each byte to the byte after its earlier occurrence, and without that head the copying
+    is gone while ordinary code hardly notices."""
+    model, _ = lm
+    g = torch.Generator().manual_seed(123)
+    p, copies = 32, 7
+    segment = torch.randint(ord("a"), ord("z") + 1, (6, p), generator=g)  # (6, 32) random letters
+    seq = torch.cat([torch.full((6, 1), 10), segment.repeat(1, copies)], dim=1)  # (6, 1 + 7 * 32)
+
+    def later_bits(**options):
+        with torch.no_grad():
+            logits, attn = model(seq, return_attention=True, **options)
+        bits = F.cross_entropy(logits[:, :-1].transpose(1, 2), seq[:, 1:], reduction="none") / math.log(2)
+        return bits[:, :p].mean().item(), bits[:, p + 1:].mean().item(), attn
+
+    first, later, attn = later_bits()
+    assert first > 4.0, first  # random letters: about log2(26) = 4.7 bits or worse, before any copy
+    assert later < first / 2, (first, later)
+    T = seq.shape[1]
+    q = torch.arange(p + 1, T)  # queries from the second copy on; key q - p + 1 holds the next byte
+    score = torch.stack([a[:, :, q, q - p + 1].mean((0, 2)) for a in attn])  # (layers, heads)
+    assert score.max() > 0.3, score
+    layer, head = divmod(int(score.argmax()), score.shape[1])
+    scale = torch.ones_like(score)
+    scale[layer, head] = 0.0
+    assert later_bits(head_scale=scale)[1] > later + 1.0  # that head does the copying
+
+    data, _ = _held_out_slice(4 * 256)
+    x = torch.from_numpy(data.astype(np.int64)).view(4, 256)
+    with torch.no_grad():
+        plain = F.cross_entropy(model(x)[:, :-1].flatten(0, 1), x[:, 1:].flatten()).item()
+        ablated = F.cross_entropy(model(x, head_scale=scale)[:, :-1].flatten(0, 1), x[:, 1:].flatten()).item()
+    assert ablated - plain < 0.1 * math.log(2)  # ordinary code: under 0.1 bits per byte
 
 
 # --------------------------------------------------------------------------- packaging

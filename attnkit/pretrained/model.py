@@ -179,15 +179,16 @@ class ByteLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, scheme: str = "gpt2"):
-        """``"gpt2"`` (the shipped model): every matrix ``N(0, 0.02)``, the residual outputs
-        (attention and MLP down-projections) scaled by ``1/sqrt(2 n_layers)`` (Radford et al.
-        2019). ``"torch"``: PyTorch's defaults (linear maps uniform in ``+-1/sqrt(fan_in)``,
+        """``"gpt2"``: every matrix ``N(0, 0.02)``, the residual outputs (attention and MLP
+        down-projections) scaled by ``1/sqrt(2 n_layers)`` (Radford et al. 2019). ``"torch"``
+        (the shipped model): PyTorch's defaults (linear maps uniform in ``+-1/sqrt(fan_in)``,
         embeddings ``N(0, 1)``).
 
         Measured here: on the toy repeated sequences of notebook 06 a 2-layer ByteLM with
         ``"torch"`` grows its induction heads in about 400 steps (loss 3.2 -> 0.7), with
-        ``"gpt2"`` not within 600 (loss 1.9); the shipped model, ``"gpt2"``, grew none in its
-        1800 steps either.
+        ``"gpt2"`` not within 600 (loss 1.9). On the standard library, an earlier 1800-step
+        ``"gpt2"`` model grew none; the shipped ``"torch"`` model (with repeated strings in its
+        batches) has one by step 1000 (score 0.19 on repeated random names) and 0.87 at 4000.
         """
         if scheme == "torch":
             for module in self.modules():

@@ -1,6 +1,6 @@
 """Train the shipped byte-level model on the standard library's source.
 
-    python -m attnkit.pretrained.train                       # the shipped run (about an hour, one thread)
+    python -m attnkit.pretrained.train                       # the shipped run (25-60 min, one thread)
     python -m attnkit.pretrained.train --steps 3 --d-model 32 --n-layers 1 --n-heads 2 \\
         --ctx 32 --batch 2 --eval-bytes 2000 --out /tmp/tiny  # a smoke test
 
@@ -44,29 +44,29 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "weights"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m attnkit.pretrained.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--d-model", type=int, default=192)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--n-heads", type=int, default=8)
     p.add_argument("--d-mlp", type=int, default=None, help="default 4 * d_model")
     p.add_argument("--ctx", type=int, default=256, help="training context = the model's max_len")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--min-lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--copy-frac", type=float, default=0.0,
+    p.add_argument("--copy-frac", type=float, default=0.25,
                    help="share of each batch's rows that get a copy of an earlier stretch of themselves inserted")
     p.add_argument("--copy-from-step", type=int, default=0, help="insert copies from this step on")
     p.add_argument("--copy-len", type=int, nargs=2, default=(8, 96), metavar=("MIN", "MAX"),
                    help="length range of an inserted copy, in bytes")
-    p.add_argument("--repeat-rows", type=int, default=0,
+    p.add_argument("--repeat-rows", type=int, default=1,
                    help="rows per batch whose tail is a random name-like string repeated (see insert_repeats)")
     p.add_argument("--repeat-period", type=int, nargs=2, default=(8, 40), metavar=("MIN", "MAX"))
     p.add_argument("--repeat-rows-later", type=int, nargs=2, default=None, metavar=("STEP", "ROWS"),
                    help="from STEP on, ROWS rows per batch instead of --repeat-rows")
-    p.add_argument("--init", choices=("gpt2", "torch"), default="gpt2",
-                   help="initialisation (ByteLM.reset_parameters); the shipped model used gpt2")
+    p.add_argument("--init", choices=("gpt2", "torch"), default="torch",
+                   help="initialisation (ByteLM.reset_parameters); the shipped model used torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
