@@ -11,20 +11,23 @@ What it does, in order:
    test suite's environment: one thread (``OMP_NUM_THREADS=1``), Triton's interpreter, no GPU,
    matplotlib's inline backend (figures that ``plt.show()`` draws reach the page, as in the
    grader's kernel), widgets as their still figure (``ATTNKIT_WIDGETS=0``), 120 s per cell (the
-   grader's default), ``--jobs`` notebooks at a time (2: the CI machine's cores). A notebook is
-   executed again only when its key changed: the notebook's bytes, every file of ``attnkit/``,
-   the versions of the stack and this executor's settings (``site/_build/executed/``). A
-   notebook that raises, or a cell that times out, fails the build with the notebook's name.
+   grader's default), ``--jobs`` notebooks at a time (2: the CI machine's cores), each in a
+   worker process of its own. A notebook is executed again only when its key changed: the
+   notebook's bytes, every file of ``attnkit/``, the versions of the stack and this executor's
+   settings (``site/_build/executed/``). A notebook that raises, or a cell that times out,
+   fails the build with the notebook's name and cell; the others are kept for the next build.
 2. **Stage** the book's sources in ``site/_build/src/``: the executed notebooks (exercise cells
-   folded, hidden tests left out, the Colab badges turned into plain links plus download links
-   to the student and solution notebooks: a badge image is a request to another host), pages cut
+   folded, hidden tests left out, widget views left out: attnkit's explorers drew their still
+   figure; the Colab badges turned into plain links plus download links to the student and
+   solution notebooks: a badge image is a request to another host), pages cut
    from the README by heading (the learner path, the GPU labs, the shipped model, the instructor
    guide) and ``docs/*.md``, the table of contents, and KaTeX from ``grader/static/katex`` (the
    renderer the grader's feedback pages use) in ``_static``. Only files whose bytes changed are
    rewritten, so Sphinx rebuilds only what changed.
 3. **Build** with Jupyter Book into ``site/_build/html`` (no execution there: the notebooks come
-   executed), maths rendered in the browser by the local KaTeX (``site/_ext/attn_site.py``),
-   never MathJax from a CDN; widget views are dropped in favour of their text fallback.
+   executed; a Sphinx warning fails the build unless ``--lenient``), maths rendered in the
+   browser by the local KaTeX (``site/_ext/attn_site.py``), never MathJax from a CDN, and
+   without sphinx-thebe (its "run this page" button loads Thebe from a CDN).
 4. **Audit** the HTML: no script, style sheet, font, image or frame from another host, every
    notebook has its page; then write ``site/_build/html/attn-site.json`` (pages, keys, times),
    which ``tests/browser/test_site.py`` reads.
@@ -546,6 +549,8 @@ def book_config() -> dict:
                 "nb_mime_priority_overrides": [["html", "application/vnd.jupyter.widget-view+json", None],
                                                ["html", "application/vnd.jupyter.widget-state+json", None]],
                 "nb_merge_streams": True,
+                # a fence without a language (an ASCII diagram, a CSV) is text, not Python guessed
+                "highlight_language": "text",
                 "html_theme_options": {"use_download_button": True, "show_toc_level": 2,
                                        "use_fullscreen_button": False},
                 # a light page: the figures are drawn on white (and an empty mode is a console error)
