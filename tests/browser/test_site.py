@@ -99,7 +99,7 @@ def expectations(stamp: dict) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------ fixtures ----
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: set up before conftest's session fixtures, which skip
 def stamp():
     """The built site's record, current for these sources (built here unless CI built it)."""
     missing = browser_missing()
