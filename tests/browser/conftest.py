@@ -227,6 +227,16 @@ def pw_session():
         pw.stop()
 
 
+@pytest.fixture(scope="module")
+def chromium(pw_session):
+    """A Chromium of its own (no Lab) for one module, from the session's one Playwright."""
+    browser = pw_session.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def browser_page(lab, tmp_path_factory, pw_session):
     """One Chromium page with Lab loaded; a fresh profile in a temporary folder."""

@@ -16,29 +16,12 @@ Screenshots: ``report.png`` and ``feedback-math.png`` in the screenshot folder (
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import nbformat
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
-
-CHROMIUM = os.environ.get("ATTN_CHROMIUM", "/usr/bin/chromium")  # as conftest.py
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture(scope="module")
-def chromium(pw_session):
-    """A Chromium of its own (no Lab), from the session's one Playwright (conftest.py)."""
-    browser = None
-    try:
-        browser = pw_session.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-    finally:
-        if browser is not None:
-            browser.close()
 
 
 class Opened:

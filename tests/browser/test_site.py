@@ -50,8 +50,6 @@ from grader import course
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
 CHROMIUM = os.environ.get("ATTN_CHROMIUM", "/usr/bin/chromium")  # as conftest.py
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage"]
 REPO = course.REPO
 HTML = REPO / "site" / "_build" / "html"
 REQUIRED = os.environ.get("ATTN_SITE_REQUIRED") == "1"
@@ -160,14 +158,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def chromium(stamp, pw_session):
-    browser = None
-    try:
-        browser = pw_session.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-    finally:
-        if browser is not None:
-            browser.close()
+def chromium(stamp, chromium):
+    """conftest's Chromium, once the site's record is read: a missing site fails before a browser starts."""
+    return chromium
 
 
 # ----------------------------------------------------------------------------- the checks ----
