@@ -22,8 +22,7 @@ from . import _validate as chk
 from .attention import scaled_dot_product_attention
 from .heads import merge_heads, split_heads
 from .masks import causal_mask
-from .model import MLP, DecoderConfig
-from .positions import sinusoidal_positions
+from .model import MLP, DecoderConfig, add_embeddings
 from .rope import apply_rope
 
 
@@ -107,14 +106,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, block: type[nn.Module] = DecoderBlock):
         super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.positions == "learned":
-            self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model) * 0.02)
-        elif cfg.positions == "sinusoidal":
-            self.register_buffer("pos_emb", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
-        else:
-            self.pos_emb = None  # RoPE lives inside attention; "none" has no positions at all
+        add_embeddings(self, cfg)
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

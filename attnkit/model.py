@@ -73,19 +73,27 @@ class Block(nn.Module):
         return (x, weights) if return_weights else x
 
 
+def add_embeddings(model: nn.Module, cfg: DecoderConfig) -> None:
+    """Give ``model`` its ``cfg``, a token embedding ``tok_emb`` and ``pos_emb``: learned
+    ``(max_len, d_model)`` positions, the sinusoidal table as a buffer, or None (RoPE lives inside
+    attention; "none" has no positions at all). Shared by :class:`TinyDecoder` and
+    :class:`attnkit.gpt.GPT`; called first, so the random draws come in the same order."""
+    model.cfg = cfg
+    model.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+    if cfg.positions == "learned":
+        model.pos_emb = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model) * 0.02)
+    elif cfg.positions == "sinusoidal":
+        model.register_buffer("pos_emb", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+    else:
+        model.pos_emb = None
+
+
 class TinyDecoder(nn.Module):
     """Token embedding, positions, ``n_layers`` blocks, a final LayerNorm and an unembedding."""
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.positions == "learned":
-            self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model) * 0.02)
-        elif cfg.positions == "sinusoidal":
-            self.register_buffer("pos_emb", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
-        else:
-            self.pos_emb = None  # RoPE lives inside attention; "none" has no positions at all
+        add_embeddings(self, cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
