@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grader import autograde, course, grade, release, sandbox  # noqa: E402
-from grader.cluster import LocalCluster  # noqa: E402
+from grader.localcluster import LocalCluster  # noqa: E402
 from grader import notebooks as nbs  # noqa: E402
 
 

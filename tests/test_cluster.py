@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grader import autograde, cluster, grade, sandbox
+from grader import autograde, cluster, grade, localcluster, sandbox
 from grading_helpers import ASSIGNMENT, RIGHT, TRANSPOSED, answered, put
 
 distributed = pytest.importorskip("distributed")
@@ -27,7 +27,7 @@ def make_cluster(tmp_path):
     made = []
 
     def make(workers=2, **envs):
-        c = cluster.LocalCluster(tmp_path / f"cluster{len(made)}", env=ENV)
+        c = localcluster.LocalCluster(tmp_path / f"cluster{len(made)}", env=ENV)
         made.append(c)
         for i in range(workers):
             c.add_worker(f"w{i}", envs.get(f"w{i}"), nanny=False)
@@ -100,7 +100,7 @@ def _grade_in_thread(subs, out, settings):
     return t, box
 
 
-def _worker_running(c: cluster.LocalCluster, client, student: str, timeout=120) -> str:
+def _worker_running(c: localcluster.LocalCluster, client, student: str, timeout=120) -> str:
     """The name of the worker running ``student``'s task, once it runs."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
