@@ -10,6 +10,7 @@ import importlib.util
 import json
 import pathlib
 import re
+import sys
 
 import nbformat
 import pytest
@@ -101,7 +102,7 @@ def test_the_cache_key_follows_the_notebook_the_library_and_the_stack(tmp_path, 
     (tmp_path / "solutions").mkdir()
     nb = tmp_path / "solutions" / "01_x.ipynb"
     nb.write_text("{}")
-    monkeypatch.setattr(B, "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[B.library_fingerprint.__module__], "REPO", tmp_path)  # site/execute.py
     first = B.library_fingerprint()
     key = B.notebook_key("01_x", first, tmp_path / "solutions")
     (lib / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")  # bytecode is not a source
