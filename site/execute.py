@@ -103,7 +103,7 @@ def _slowest(nb) -> list:
 
 def execute_one(name: str, key: str, timeout: int, solutions: pathlib.Path, executed: pathlib.Path) -> dict:
     """Run SOLUTIONS/NAME.ipynb top to bottom in a fresh kernel, which inherits this process's
-    environment (set here: this runs in a worker process of its own, ``--execute-one``); write
+    environment (set here: this runs in a worker process of its own, ``python site/execute.py NAME``); write
     EXECUTED/NAME.ipynb on success, EXECUTED/NAME.failed.ipynb otherwise."""
     import nbformat
     from nbclient import NotebookClient
